@@ -1,0 +1,1 @@
+//! kandle-operator: reconciles `LLMDeployment` resources (built by a later issue).

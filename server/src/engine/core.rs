@@ -1,0 +1,363 @@
+//! The synchronous engine: owns the model, the KV cache and the scheduler, and advances all
+//! requests by one batched step at a time. The engine thread drives it; tests can drive it
+//! directly to control exactly when requests arrive.
+
+use super::block_manager::BlockAllocator;
+use super::params::{EngineError, GenerateRequest, LogitsProcessorFactory, RequestEvent, SequenceDelta, Usage};
+use super::sampler::{sample, SamplerState};
+use super::scheduler::{Scheduler, SchedulerConfig, StepPlan};
+use super::sequence::{RequestShared, Sequence};
+use super::stats::EngineStats;
+use crate::model::attention::{CpuPagedAttention, KvCacheShape, PagedAttention, SeqAttention};
+use crate::model::transformer::{CausalLm, ForwardBatch};
+use crate::model::LoadedModel;
+use crate::tokenizer::TokenizerInfo;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    /// KV cache budget in bytes on CPU.
+    pub kv_cache_memory: u64,
+    /// Fraction of device memory for weights + KV cache on CUDA.
+    pub gpu_memory_utilization: f64,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { block_size: 16, kv_cache_memory: 4 << 30, gpu_memory_utilization: 0.9, max_num_seqs: 256, max_num_batched_tokens: 2048 }
+    }
+}
+
+/// What a submission is checked against before it reaches the engine thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    pub max_num_seqs: usize,
+}
+
+impl Limits {
+    /// Validates a request and returns its output budget (`max_tokens` after defaulting).
+    pub fn check(&self, req: &GenerateRequest) -> Result<usize, EngineError> {
+        let prompt = req.prompt_token_ids.len();
+        if prompt == 0 {
+            return Err(EngineError::EmptyPrompt);
+        }
+        req.params.validate(self.vocab_size)?;
+        if req.params.n > self.max_num_seqs {
+            return Err(EngineError::InvalidParam { param: "n", message: format!(
+                "n={} exceeds max_num_seqs={}", req.params.n, self.max_num_seqs) });
+        }
+        if let Some(&bad) = req.prompt_token_ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(EngineError::InvalidParam { param: "prompt", message: format!(
+                "token id {bad} is out of vocabulary (vocab_size={})", self.vocab_size) });
+        }
+        let max_tokens = req.params.max_tokens.unwrap_or(self.max_model_len.saturating_sub(prompt));
+        if max_tokens == 0 || prompt + max_tokens > self.max_model_len {
+            return Err(EngineError::ContextLengthExceeded {
+                max_model_len: self.max_model_len, prompt_tokens: prompt, max_tokens: max_tokens.max(1) });
+        }
+        Ok(max_tokens)
+    }
+}
+
+struct RequestState {
+    request_id: String,
+    sink: UnboundedSender<RequestEvent>,
+    processors: Vec<LogitsProcessorFactory>,
+    unfinished: usize,
+    prompt_len: usize,
+    completion_tokens: usize,
+}
+
+pub struct EngineCore {
+    model: CausalLm,
+    attention: Box<dyn PagedAttention>,
+    tokenizer: Arc<TokenizerInfo>,
+    sched: Scheduler,
+    requests: HashMap<u64, RequestState>,
+    ids: HashMap<String, u64>,
+    next_request: u64,
+    limits: Limits,
+    pub stats: Arc<EngineStats>,
+}
+
+impl EngineCore {
+    pub fn new(loaded: LoadedModel, cfg: &EngineConfig) -> Result<Self, EngineError> {
+        let LoadedModel { model, tokenizer, max_model_len, .. } = loaded;
+        if !model.device().is_cpu() {
+            return Err(EngineError::Config(
+                "the paged-attention kernel for CUDA is not built yet; run with --device cpu".into()));
+        }
+        if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
+            return Err(EngineError::Config("block_size, max_num_seqs and max_num_batched_tokens must be positive".into()));
+        }
+        let mc = model.config();
+        let block_bytes = (cfg.block_size * mc.kv_bytes_per_token(4)) as u64;
+        let num_blocks = (cfg.kv_cache_memory / block_bytes) as usize;
+        if num_blocks * cfg.block_size < max_model_len {
+            return Err(EngineError::Config(format!(
+                "the KV cache budget ({} bytes = {num_blocks} blocks of {} tokens) cannot hold one sequence of \
+                 max_model_len={max_model_len} tokens (needs {} bytes); raise --kv-cache-memory or lower --max-model-len",
+                cfg.kv_cache_memory, cfg.block_size, max_model_len.div_ceil(cfg.block_size) as u64 * block_bytes)));
+        }
+        let shape = KvCacheShape { num_layers: mc.num_layers, num_heads: mc.num_heads, num_kv_heads: mc.num_kv_heads,
+            head_dim: mc.head_dim, block_size: cfg.block_size, num_blocks };
+        let limits = Limits { max_model_len, vocab_size: mc.vocab_size, max_num_seqs: cfg.max_num_seqs };
+        let stats = Arc::new(EngineStats::default());
+        stats.set_kv_blocks(0, num_blocks);
+        Ok(Self {
+            model,
+            attention: Box::new(CpuPagedAttention::new(shape)),
+            tokenizer: Arc::new(tokenizer),
+            sched: Scheduler::new(
+                SchedulerConfig { max_num_seqs: cfg.max_num_seqs, max_num_batched_tokens: cfg.max_num_batched_tokens },
+                BlockAllocator::new(num_blocks, cfg.block_size),
+            ),
+            requests: HashMap::new(),
+            ids: HashMap::new(),
+            next_request: 0,
+            limits,
+            stats,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+    pub fn tokenizer(&self) -> &Arc<TokenizerInfo> {
+        &self.tokenizer
+    }
+    pub fn has_work(&self) -> bool {
+        self.sched.has_work()
+    }
+
+    pub fn add_request(&mut self, req: GenerateRequest, sink: UnboundedSender<RequestEvent>) -> Result<(), EngineError> {
+        let max_tokens = self.limits.check(&req)?;
+        if self.ids.contains_key(&req.request_id) {
+            return Err(EngineError::DuplicateRequestId(req.request_id));
+        }
+        let key = self.next_request;
+        self.next_request += 1;
+        let n = req.params.n;
+        let seed = req.params.seed;
+        let shared = Arc::new(RequestShared::new(req.params, max_tokens, &self.tokenizer.eos_token_ids));
+        let processors = req.logits_processors.iter().map(|f| f()).collect();
+        let mut seq = Sequence::new(key, 0, shared, req.prompt_token_ids.clone(), rng_for(seed, 0), processors);
+        seq.pending_forks = n - 1;
+        self.sched.add_waiting(seq);
+        self.ids.insert(req.request_id.clone(), key);
+        self.requests.insert(key, RequestState {
+            request_id: req.request_id,
+            sink,
+            processors: req.logits_processors,
+            unfinished: n,
+            prompt_len: req.prompt_token_ids.len(),
+            completion_tokens: 0,
+        });
+        self.publish_stats();
+        Ok(())
+    }
+
+    /// Stops a request: its sequences finish with `abort` and free their blocks.
+    pub fn abort(&mut self, request_id: &str) -> bool {
+        let Some(&key) = self.ids.get(request_id) else { return false };
+        let seqs: Vec<u64> = self.sched.seqs.iter().filter(|(_, s)| s.request == key).map(|(&id, _)| id).collect();
+        for id in seqs {
+            if let Some(mut seq) = self.sched.remove(id) {
+                let delta = seq.abort_delta();
+                self.deliver(key, delta);
+            }
+        }
+        // Siblings never forked count as aborted too.
+        if let Some(state) = self.requests.get_mut(&key) {
+            state.unfinished = 0;
+        }
+        self.finish_request_if_done(key);
+        self.publish_stats();
+        true
+    }
+
+    /// Runs one scheduling + forward + sampling step. Returns false when idle.
+    pub fn step(&mut self) -> bool {
+        self.abort_disconnected();
+        let plan = self.sched.schedule();
+        if plan.scheduled.is_empty() {
+            self.publish_stats();
+            return false;
+        }
+        if let Err(e) = self.execute(&plan) {
+            tracing::error!(error = %e, "model step failed; failing the requests of the batch");
+            let keys: Vec<u64> = plan.scheduled.iter().filter_map(|s| self.sched.seqs.get(&s.seq)).map(|s| s.request).collect();
+            for key in keys {
+                self.fail_request(key, EngineError::Execution(e.to_string()));
+            }
+        }
+        self.publish_stats();
+        true
+    }
+
+    fn execute(&mut self, plan: &StepPlan) -> candle_core::Result<()> {
+        if !plan.copies.is_empty() {
+            self.attention.copy_blocks(&plan.copies)?;
+        }
+        let bs = self.sched.allocator.block_size();
+        let mut batch = ForwardBatch::default();
+        let mut samplers = vec![];
+        for s in &plan.scheduled {
+            let seq = &self.sched.seqs[&s.seq];
+            let start = seq.num_computed;
+            let query_start = batch.tokens.len();
+            for pos in start..start + s.num_tokens {
+                batch.tokens.push(seq.tokens[pos]);
+                batch.positions.push(pos as u32);
+                batch.attention.slot_mapping.push(seq.block_table[pos / bs] as usize * bs + pos % bs);
+            }
+            batch.attention.seqs.push(SeqAttention { query_start, query_len: s.num_tokens,
+                context_len: start + s.num_tokens, block_table: seq.block_table.clone() });
+            if s.samples {
+                batch.logits_rows.push((batch.tokens.len() - 1) as u32);
+                samplers.push(s.seq);
+            }
+        }
+        let logits = self.model.forward(&batch, self.attention.as_mut())?;
+        let rows = if samplers.is_empty() { vec![] } else { logits.to_vec2::<f32>()? };
+        for s in &plan.scheduled {
+            if let Some(seq) = self.sched.seqs.get_mut(&s.seq) {
+                seq.num_computed += s.num_tokens;
+            }
+        }
+        self.stats.add_tokens(batch.tokens.len() - samplers.len(), samplers.len());
+        self.sample_and_emit(samplers, rows);
+        Ok(())
+    }
+
+    fn sample_and_emit(&mut self, samplers: Vec<u64>, rows: Vec<Vec<f32>>) {
+        // Fork the siblings of n>1 requests now that the shared prompt is cached: they
+        // sample their first token from the same logits row.
+        let mut work: Vec<(u64, Vec<f32>)> = vec![];
+        for (id, row) in samplers.into_iter().zip(rows) {
+            let forks = self.sched.seqs.get(&id).map_or(0, |s| s.pending_forks);
+            if forks > 0 {
+                let parent = self.sched.seqs.get_mut(&id).expect("scheduled");
+                parent.pending_forks = 0;
+                let (key, seed) = (parent.request, parent.shared.params.seed);
+                let factories = self.requests[&key].processors.clone();
+                let mut prev = id;
+                for index in 1..=forks {
+                    let procs = factories.iter().map(|f| f()).collect();
+                    let child = self.sched.seqs[&id].fork(index, rng_for(seed, index), procs);
+                    prev = self.sched.add_fork(prev, child);
+                    work.push((prev, row.clone()));
+                }
+            }
+            work.push((id, row));
+        }
+        let ids: HashMap<u64, Vec<f32>> = work.into_iter().collect();
+        let tokenizer = &*self.tokenizer;
+        let max_model_len = self.limits.max_model_len;
+        let mut targets: Vec<(u64, &mut Sequence, Vec<f32>)> = vec![];
+        let mut ids = ids;
+        for (&id, seq) in self.sched.seqs.iter_mut() {
+            if let Some(row) = ids.remove(&id) {
+                targets.push((id, seq, row));
+            }
+        }
+        let results: Vec<(u64, u64, Result<SequenceDelta, String>)> = targets
+            .into_par_iter()
+            .map(|(id, seq, mut row)| {
+                let shared = seq.shared.clone();
+                let state = SamplerState {
+                    params: &shared.params,
+                    prompt_tokens: &seq.tokens[..seq.prompt_len],
+                    output_tokens: &seq.tokens[seq.prompt_len..],
+                    end_tokens: &shared.end_tokens,
+                    processors: &mut seq.processors,
+                    rng: &mut seq.rng,
+                };
+                let out = sample(state, &mut row).map(|(tok, lp)| seq.append_token(tok, lp, tokenizer, max_model_len));
+                (id, seq.request, out)
+            })
+            .collect();
+        for (id, key, out) in results {
+            match out {
+                Ok(delta) => {
+                    let done = delta.finish_reason.is_some();
+                    if let Some(state) = self.requests.get_mut(&key) {
+                        state.completion_tokens += 1;
+                    }
+                    self.deliver(key, delta);
+                    if done {
+                        self.sched.remove(id);
+                        self.finish_request_if_done(key);
+                    }
+                }
+                Err(e) => self.fail_request(key, EngineError::Execution(format!("sampling: {e}"))),
+            }
+        }
+    }
+
+    fn deliver(&mut self, key: u64, delta: SequenceDelta) {
+        let Some(state) = self.requests.get_mut(&key) else { return };
+        if delta.finish_reason.is_some() {
+            state.unfinished = state.unfinished.saturating_sub(1);
+        }
+        // A closed stream is noticed by abort_disconnected at the next step.
+        let _ = state.sink.send(RequestEvent::Delta(delta));
+    }
+
+    fn finish_request_if_done(&mut self, key: u64) {
+        let Some(state) = self.requests.get(&key) else { return };
+        if state.unfinished > 0 {
+            return;
+        }
+        let state = self.requests.remove(&key).expect("present");
+        self.ids.remove(&state.request_id);
+        let usage = Usage { prompt_tokens: state.prompt_len, completion_tokens: state.completion_tokens };
+        let _ = state.sink.send(RequestEvent::Finished { usage });
+    }
+
+    fn fail_request(&mut self, key: u64, err: EngineError) {
+        let seqs: Vec<u64> = self.sched.seqs.iter().filter(|(_, s)| s.request == key).map(|(&id, _)| id).collect();
+        for id in seqs {
+            self.sched.remove(id);
+        }
+        if let Some(state) = self.requests.remove(&key) {
+            self.ids.remove(&state.request_id);
+            let _ = state.sink.send(RequestEvent::Error(err));
+        }
+    }
+
+    /// Requests whose caller dropped the event stream are aborted (client went away).
+    fn abort_disconnected(&mut self) {
+        let gone: Vec<String> =
+            self.requests.values().filter(|r| r.sink.is_closed()).map(|r| r.request_id.clone()).collect();
+        for id in gone {
+            tracing::debug!(request_id = %id, "client disconnected, aborting");
+            self.abort(&id);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let a = &self.sched.allocator;
+        self.stats.set_queue(self.sched.num_running(), self.sched.num_waiting(), self.sched.num_preemptions);
+        self.stats.set_kv_blocks(a.num_total() - a.num_free(), a.num_total());
+    }
+}
+
+/// Each sequence draws from its own generator: seeded ones are reproducible whatever else
+/// shares the batch (sibling `i` of a seeded request uses `seed + i`).
+fn rng_for(seed: Option<u64>, index: usize) -> StdRng {
+    match seed {
+        Some(s) => StdRng::seed_from_u64(s.wrapping_add(index as u64)),
+        None => StdRng::from_os_rng(),
+    }
+}

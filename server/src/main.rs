@@ -1,0 +1,95 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kandle_server::config::{EngineArgs, ModelArgs};
+use kandle_server::engine::{EngineCore, EngineHandle, GenerateRequest, RequestEvent, SamplingParams};
+use kandle_server::model::LoadedModel;
+use std::io::Write;
+
+#[derive(Parser)]
+#[command(name = "kandle-server", version, about = "OpenAI-compatible LLM serving on candle")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for one prompt without HTTP (streams to stdout).
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: i64,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let loaded = LoadedModel::load(&args.model.options()).context("loading the model")?;
+    let tok = loaded.tokenizer.clone();
+    let core = EngineCore::new(loaded, &args.engine.config())?;
+    eprintln!("loaded in {:.2}s", t0.elapsed().as_secs_f64());
+    let prompt = if args.chat {
+        let messages = serde_json::json!([{"role": "user", "content": args.prompt}]);
+        tok.apply_chat_template(&messages, true, &serde_json::Value::Null).map_err(anyhow::Error::msg)?
+    } else {
+        args.prompt.clone()
+    };
+    let ids = tok.encode(&prompt, !args.chat).map_err(anyhow::Error::msg)?;
+    let params = SamplingParams {
+        max_tokens: Some(args.max_tokens),
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+        stop: args.stop,
+        ..SamplingParams::default()
+    };
+    let engine = EngineHandle::spawn(core);
+    let mut stream = engine.submit(GenerateRequest::new("cli-0", ids, params))?;
+    let start = std::time::Instant::now();
+    let mut out = std::io::stdout();
+    while let Some(ev) = stream.blocking_recv() {
+        match ev {
+            RequestEvent::Delta(d) => {
+                write!(out, "{}", d.text)?;
+                out.flush()?;
+            }
+            RequestEvent::Finished { usage } => {
+                let secs = start.elapsed().as_secs_f64();
+                eprintln!("\n[{} prompt + {} generated tokens in {secs:.2}s]", usage.prompt_tokens, usage.completion_tokens);
+                return Ok(());
+            }
+            RequestEvent::Error(e) => anyhow::bail!(e),
+        }
+    }
+    anyhow::bail!("the engine stopped")
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    match Cli::parse().command {
+        Command::Generate(args) => generate(args),
+    }
+}
