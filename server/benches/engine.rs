@@ -1,1 +1,99 @@
-fn main() {}
+//! Engine throughput on CPU: prefill, single-sequence decode, aggregate decode at several
+//! concurrencies, and the memory-bandwidth limit for comparison.
+//!
+//!   cargo bench -p kandle-server --bench engine
+//!   KANDLE_BENCH_MODEL=path/to/model.gguf cargo bench -p kandle-server --bench engine
+//!   KANDLE_BENCH_DEQUANTIZE=1 ...   (f32 weights instead of quantized matmuls)
+//!
+//! Drives the engine core directly (the same step loop the engine thread runs).
+
+use kandle_server::engine::{EngineConfig, EngineCore, GenerateRequest, RequestEvent, SamplingParams};
+use kandle_server::model::{DTypeArg, LoadedModel, ModelOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+use tokio::sync::mpsc::unbounded_channel;
+
+fn model_path() -> PathBuf {
+    std::env::var_os("KANDLE_BENCH_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+/// Read bandwidth: sum a 1 GiB buffer (best of 3), in GB/s.
+fn memory_bandwidth() -> f64 {
+    let buf: Vec<u64> = (0..(1usize << 27)).map(|i| i as u64).collect();
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: u64 = buf.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+        std::hint::black_box(s);
+        best = best.max((buf.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+fn core() -> EngineCore {
+    let opts = ModelOptions { path: model_path(), dtype: DTypeArg::Auto, device: "cpu".into(),
+        dequantize: std::env::var_os("KANDLE_BENCH_DEQUANTIZE").is_some(),
+        max_model_len: Some(2048) };
+    let loaded = LoadedModel::load(&opts).expect("bench model (run scripts/fetch-models.sh)");
+    EngineCore::new(loaded, &EngineConfig { max_num_batched_tokens: 512, kv_cache_memory: 2 << 30, ..Default::default() })
+        .expect("engine")
+}
+
+/// Runs `n` sequences of `gen` tokens on `prompt`; returns (seconds until every sequence
+/// has its first token, seconds for the rest, tokens generated after the first).
+fn run(core: &mut EngineCore, prompt: &[u32], n: usize, gen: usize) -> (f64, f64, usize) {
+    let mut rxs = vec![];
+    for i in 0..n {
+        let (tx, rx) = unbounded_channel();
+        let params = SamplingParams { max_tokens: Some(gen), ignore_eos: true, ..SamplingParams::greedy() };
+        core.add_request(GenerateRequest::new(format!("bench-{i}"), prompt.to_vec(), params), tx).unwrap();
+        rxs.push(rx);
+    }
+    let t0 = Instant::now();
+    let mut first_done = None;
+    let mut tokens = 0;
+    let mut started = vec![false; n];
+    while core.step() {
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            while let Ok(ev) = rx.try_recv() {
+                if let RequestEvent::Delta(d) = ev {
+                    if started[i] {
+                        tokens += d.token_ids.len();
+                    }
+                    started[i] = true;
+                }
+            }
+        }
+        if first_done.is_none() && started.iter().all(|s| *s) {
+            first_done = Some(t0.elapsed().as_secs_f64());
+        }
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let first = first_done.unwrap_or(total);
+    (first, total - first, tokens)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // cargo test --benches asks for a listing
+    }
+    let bw = memory_bandwidth();
+    let model_bytes = std::fs::metadata(model_path()).map(|m| m.len()).unwrap_or(0) as f64;
+    let mut core = core();
+    let tok = core.tokenizer().clone();
+    let short = tok.encode("Write a long story about a lighthouse keeper and the sea.", true).unwrap();
+    let long_text = "The history of the lighthouse begins in antiquity. ".repeat(60);
+    let long: Vec<u32> = tok.encode(&long_text, true).unwrap()[..512].to_vec();
+    run(&mut core, &short, 1, 8); // warm-up
+    println!("machine: {} threads, read bandwidth {bw:.1} GB/s; model file {:.1} MB", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), model_bytes / 1e6);
+    println!("bandwidth limit (weights read once per step): {:.0} tok/s single-sequence", bw * 1e9 / model_bytes);
+    let (p, _, _) = run(&mut core, &long, 1, 1);
+    println!("prefill: 512-token prompt in {p:.3}s = {:.0} tok/s", 512.0 / p);
+    for n in [1, 4, 16, 32] {
+        let (_, secs, toks) = run(&mut core, &short, n, 128);
+        println!("decode: {n:>2} concurrent x 128 tokens: {:.1} tok/s aggregate ({:.1} ms/step)", toks as f64 / secs,
+            secs * 1e3 / (toks as f64 / n as f64));
+    }
+}

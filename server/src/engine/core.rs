@@ -261,16 +261,16 @@ impl EngineCore {
             }
             work.push((id, row));
         }
-        let ids: HashMap<u64, Vec<f32>> = work.into_iter().collect();
+        let mut rows: HashMap<u64, Vec<f32>> = work.into_iter().collect();
         let tokenizer = &*self.tokenizer;
         let max_model_len = self.limits.max_model_len;
-        let mut targets: Vec<(u64, &mut Sequence, Vec<f32>)> = vec![];
-        let mut ids = ids;
-        for (&id, seq) in self.sched.seqs.iter_mut() {
-            if let Some(row) = ids.remove(&id) {
-                targets.push((id, seq, row));
-            }
-        }
+        // Disjoint &mut borrows of the sampling sequences, so they sample in parallel.
+        let targets: Vec<(u64, &mut Sequence, Vec<f32>)> = self
+            .sched
+            .seqs
+            .iter_mut()
+            .filter_map(|(&id, seq)| rows.remove(&id).map(|row| (id, seq, row)))
+            .collect();
         let results: Vec<(u64, u64, Result<SequenceDelta, String>)> = targets
             .into_par_iter()
             .map(|(id, seq, mut row)| {
