@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod q4_1;
 pub mod transformer;
 pub mod weights;
 

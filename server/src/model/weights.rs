@@ -12,15 +12,24 @@ use std::sync::Arc;
 
 /// A linear layer whose weight is either quantized or dense; `QMatMul` already
 /// dispatches both, so the forward pass has one code path.
-#[derive(Debug, Clone)]
+pub enum Weight {
+    /// Dense or any quantized type candle handles well.
+    Candle(QMatMul),
+    /// Q4_1 through our own kernel (candle's CPU Q4_1 path is scalar).
+    Q41(super::q4_1::Q41Matrix),
+}
+
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = candle_core::Module::forward(&self.weight, x)?;
+        let y = match &self.weight {
+            Weight::Candle(w) => candle_core::Module::forward(w, x)?,
+            Weight::Q41(w) => w.forward(x)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -33,7 +42,7 @@ pub trait WeightSource {
     /// A dense tensor (norm weights, biases, embeddings), converted to the compute dtype.
     fn dense(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor, ModelError>;
     /// A `[out, in]` matrix used by a linear layer, kept quantized where it was.
-    fn matrix(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul, ModelError>;
+    fn matrix(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<Weight, ModelError>;
 
     fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear, ModelError> {
         let weight = self.matrix(&format!("{prefix}.weight"), out_dim, in_dim)?;
@@ -88,8 +97,8 @@ impl WeightSource for SafetensorsSource {
     fn dense(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         self.get(hf_name, shape)
     }
-    fn matrix(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul, ModelError> {
-        Ok(QMatMul::Tensor(self.get(hf_name, &[out_dim, in_dim])?))
+    fn matrix(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<Weight, ModelError> {
+        Ok(Weight::Candle(QMatMul::Tensor(self.get(hf_name, &[out_dim, in_dim])?)))
     }
 }
 
@@ -164,14 +173,16 @@ impl WeightSource for GgufSource {
             .and_then(|t| t.to_dtype(self.dtype))
             .map_err(|e| ModelError::Load(format!("dequantizing {hf_name}: {e}")))
     }
-    fn matrix(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul, ModelError> {
+    fn matrix(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<Weight, ModelError> {
         let q = self.qtensor(hf_name, &[out_dim, in_dim])?;
         let err = |e: candle_core::Error| ModelError::Load(format!("tensor {hf_name}: {e}"));
         if self.dequantize {
             let t = q.dequantize(&self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(err)?;
-            Ok(QMatMul::Tensor(t))
+            Ok(Weight::Candle(QMatMul::Tensor(t)))
+        } else if let Some(m) = super::q4_1::Q41Matrix::from_qtensor(&q).map_err(err)? {
+            Ok(Weight::Q41(m))
         } else {
-            QMatMul::from_arc(Arc::new(q)).map_err(err)
+            QMatMul::from_arc(Arc::new(q)).map(Weight::Candle).map_err(err)
         }
     }
 }
