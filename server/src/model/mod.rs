@@ -2,7 +2,7 @@
 
 pub mod attention;
 pub mod config;
-pub mod q4_1;
+pub mod quant_matmul;
 pub mod transformer;
 pub mod weights;
 

@@ -15,8 +15,8 @@ use std::sync::Arc;
 pub enum Weight {
     /// Dense or any quantized type candle handles well.
     Candle(QMatMul),
-    /// Q4_1 through our own kernel (candle's CPU Q4_1 path is scalar).
-    Q41(super::q4_1::Q41Matrix),
+    /// Q4_1 / Q8_0 through our own kernel (candle has no x86 SIMD Q4_1 and no row tiling).
+    Quant(super::quant_matmul::QuantMatrix),
 }
 
 pub struct Linear {
@@ -28,7 +28,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
             Weight::Candle(w) => candle_core::Module::forward(w, x)?,
-            Weight::Q41(w) => w.forward(x)?,
+            Weight::Quant(w) => w.forward(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -179,8 +179,8 @@ impl WeightSource for GgufSource {
         if self.dequantize {
             let t = q.dequantize(&self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(err)?;
             Ok(Weight::Candle(QMatMul::Tensor(t)))
-        } else if let Some(m) = super::q4_1::Q41Matrix::from_qtensor(&q).map_err(err)? {
-            Ok(Weight::Q41(m))
+        } else if let Some(m) = super::quant_matmul::QuantMatrix::from_qtensor(&q).map_err(err)? {
+            Ok(Weight::Quant(m))
         } else {
             QMatMul::from_arc(Arc::new(q)).map(Weight::Candle).map_err(err)
         }

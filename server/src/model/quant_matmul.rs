@@ -1,7 +1,7 @@
-//! Q4_1 matmul for CPU. candle 0.11 has no SIMD dot product for Q4_1 on x86 and runs one
-//! scalar dot per (row, column); this kernel quantizes activations to 8 bits per 32-value
-//! block (llama.cpp's Q8_1), unpacks each weight row once, reuses it for every batch row,
-//! and multiplies with AVX2 `maddubs` (u4 weights x i8 activations) where available.
+//! Q4_1 / Q8_0 matmul for CPU. candle 0.11 has no SIMD dot product for Q4_1 on x86 and
+//! runs one dot per (row, column) for both; this kernel quantizes activations to 8 bits per
+//! 32-value block (llama.cpp's Q8_1), tiles four batch rows per weight block, and multiplies
+//! with AVX2 `maddubs` where available.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
@@ -9,10 +9,27 @@ use half::f16;
 use rayon::prelude::*;
 
 const QK: usize = 32;
-/// Bytes of one Q4_1 block: f16 scale, f16 min, 16 bytes of nibbles.
-const BLOCK_BYTES: usize = 20;
 
-pub struct Q41Matrix {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// f16 scale, f16 min, 16 bytes of nibbles: value = d * q + m, q in 0..15.
+    Q4_1,
+    /// f16 scale, 32 i8: value = d * q.
+    Q8_0,
+}
+
+impl Kind {
+    /// Weight bytes per block once the scales are split off.
+    const fn quant_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => QK / 2,
+            Self::Q8_0 => QK,
+        }
+    }
+}
+
+pub struct QuantMatrix {
+    kind: Kind,
     n: usize,
     k: usize,
     /// Per block: (scale, min) as f32 and 16 bytes of packed 4-bit values, ggml's layout
@@ -28,10 +45,15 @@ struct Q8Block {
     s: f32,
 }
 
-impl Q41Matrix {
+impl QuantMatrix {
     /// Takes a `[n, k]` Q4_1 tensor; None for other types.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-        if t.dtype() != GgmlDType::Q4_1 || !t.device().is_cpu() {
+        let kind = match t.dtype() {
+            GgmlDType::Q4_1 => Kind::Q4_1,
+            GgmlDType::Q8_0 => Kind::Q8_0,
+            _ => return Ok(None),
+        };
+        if !t.device().is_cpu() {
             return Ok(None);
         }
         let (n, k) = t.shape().dims2()?;
@@ -40,18 +62,20 @@ impl Q41Matrix {
         }
         let data = t.data()?;
         let nb = n * k / QK;
-        if data.len() != nb * BLOCK_BYTES {
-            candle_core::bail!("Q4_1 tensor has {} bytes, expected {}", data.len(), nb * BLOCK_BYTES)
-        }
         let mut scales = Vec::with_capacity(nb);
-        let mut quants = Vec::with_capacity(nb * QK / 2);
-        for b in data.chunks_exact(BLOCK_BYTES) {
-            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
-            scales.push((d, m));
-            quants.extend_from_slice(&b[4..]);
+        let header = if kind == Kind::Q4_1 { 4 } else { 2 };
+        let block_bytes = header + kind.quant_bytes();
+        if data.len() != nb * block_bytes {
+            candle_core::bail!("{kind:?} tensor has {} bytes, expected {}", data.len(), nb * block_bytes)
         }
-        Ok(Some(Self { n, k, scales, quants }))
+        let mut quants = Vec::with_capacity(nb * kind.quant_bytes());
+        for b in data.chunks_exact(block_bytes) {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let m = if kind == Kind::Q4_1 { f16::from_le_bytes([b[2], b[3]]).to_f32() } else { 0.0 };
+            scales.push((d, m));
+            quants.extend_from_slice(&b[header..]);
+        }
+        Ok(Some(Self { kind, n, k, scales, quants }))
     }
 
     /// `x`: `[m, k]` f32 -> `[m, n]`.
@@ -73,15 +97,17 @@ impl Q41Matrix {
             let j0 = task * cols_per_task;
             for (jj, col) in out.chunks_mut(m).enumerate() {
                 let j = j0 + jj;
-                let w = &self.quants[j * k / 2..(j + 1) * k / 2];
+                let qb = self.kind.quant_bytes() * kb;
+                let w = &self.quants[j * qb..(j + 1) * qb];
+                let kind = self.kind;
                 let sc = &self.scales[j * kb..(j + 1) * kb];
                 let row = |r: usize| &act[r * kb..(r + 1) * kb];
                 let tiled = m / 4 * 4;
                 for r in (0..tiled).step_by(4) {
-                    col[r..r + 4].copy_from_slice(&dot_rows4(w, sc, [row(r), row(r + 1), row(r + 2), row(r + 3)]));
+                    col[r..r + 4].copy_from_slice(&dot_rows4(kind, w, sc, [row(r), row(r + 1), row(r + 2), row(r + 3)]));
                 }
                 for r in tiled..m {
-                    col[r] = dot_row(w, sc, row(r));
+                    col[r] = dot_row(kind, w, sc, row(r));
                 }
             }
         });
@@ -112,19 +138,24 @@ fn quantize_block(x: &[f32]) -> Q8Block {
 
 /// sum over blocks of d_w * d_x * (q_w . q_x) + m_w * s_x.
 #[inline]
-fn dot_row(w: &[u8], scales: &[(f32, f32)], act: &[Q8Block]) -> f32 {
+fn dot_row(kind: Kind, w: &[u8], scales: &[(f32, f32)], act: &[Q8Block]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected; slices have kb blocks of QK values.
-            return unsafe { dot_row_avx2(w, scales, act) };
+            return unsafe { dot_row_avx2(kind, w, scales, act) };
         }
     }
     let mut acc = 0f32;
-    for ((wq, &(d, m)), a) in w.chunks_exact(QK / 2).zip(scales).zip(act) {
-        let (lo, hi) = a.q.split_at(QK / 2);
-        let isum: i32 = wq.iter().zip(lo.iter().zip(hi))
-            .map(|(&x, (&l, &h))| (x & 0x0F) as i32 * l as i32 + (x >> 4) as i32 * h as i32).sum();
+    for ((wq, &(d, m)), a) in w.chunks_exact(kind.quant_bytes()).zip(scales).zip(act) {
+        let isum: i32 = match kind {
+            Kind::Q4_1 => {
+                let (lo, hi) = a.q.split_at(QK / 2);
+                wq.iter().zip(lo.iter().zip(hi))
+                    .map(|(&x, (&l, &h))| (x & 0x0F) as i32 * l as i32 + (x >> 4) as i32 * h as i32).sum()
+            }
+            Kind::Q8_0 => wq.iter().zip(&a.q).map(|(&x, &y)| x as i8 as i32 * y as i32).sum(),
+        };
         acc += d * a.d * isum as f32 + m * a.s;
     }
     acc
@@ -133,15 +164,40 @@ fn dot_row(w: &[u8], scales: &[(f32, f32)], act: &[Q8Block]) -> f32 {
 /// Four rows against one weight row; each row's arithmetic is exactly `dot_row`'s, so a
 /// row's result does not depend on which tile it lands in.
 #[inline]
-fn dot_rows4(w: &[u8], scales: &[(f32, f32)], acts: [&[Q8Block]; 4]) -> [f32; 4] {
+fn dot_rows4(kind: Kind, w: &[u8], scales: &[(f32, f32)], acts: [&[Q8Block]; 4]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as in dot_row.
-            return unsafe { dot_rows4_avx2(w, scales, acts) };
+            return unsafe { dot_rows4_avx2(kind, w, scales, acts) };
         }
     }
-    acts.map(|a| dot_row(w, scales, a))
+    acts.map(|a| dot_row(kind, w, scales, a))
+}
+
+/// Integer products of one weight block with one activation block, as 8 i32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn block_dot(kind: Kind, w: *const u8, qa: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    let (qw, qa) = match kind {
+        Kind::Q4_1 => {
+            // SAFETY (both arms): the caller points at a whole block of this kind.
+            let packed = unsafe { _mm_loadu_si128(w as *const __m128i) };
+            // Values 0..15 from the low nibbles, 16..31 from the high ones.
+            let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+            (qw, qa)
+        }
+        Kind::Q8_0 => {
+            // maddubs wants unsigned x signed: move the weight's sign onto the activation.
+            let qw = unsafe { _mm256_loadu_si256(w as *const __m256i) };
+            (_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qa, qw))
+        }
+    };
+    // u8 x i8 pairs summed in i16 (at most 2 * 127 * 127), then pairs -> i32.
+    _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), ones)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -157,20 +213,17 @@ unsafe fn hsum(acc: std::arch::x86_64::__m256) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows4_avx2(w: &[u8], scales: &[(f32, f32)], acts: [&[Q8Block]; 4]) -> [f32; 4] {
+unsafe fn dot_rows4_avx2(kind: Kind, w: &[u8], scales: &[(f32, f32)], acts: [&[Q8Block]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
-    let ones = _mm256_set1_epi16(1);
-    let low_nibbles = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut mins = [0f32; 4];
     for (b, &(d, m)) in scales.iter().enumerate() {
-        // SAFETY: 16 bytes of packed weights per block; 32 i8 activations per block.
-        let packed = unsafe { _mm_loadu_si128(w.as_ptr().add(b * QK / 2) as *const __m128i) };
-        let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_nibbles);
+        // SAFETY: `w` holds one block of quant_bytes per scale; 32 i8 activations per block.
+        let wb = unsafe { w.as_ptr().add(b * kind.quant_bytes()) };
         for r in 0..4 {
             let a = &acts[r][b];
             let qa = unsafe { _mm256_loadu_si256(a.q.as_ptr() as *const __m256i) };
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), ones);
+            let p = unsafe { block_dot(kind, wb, qa) };
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), acc[r]);
             mins[r] += m * a.s;
         }
@@ -184,20 +237,15 @@ unsafe fn dot_rows4_avx2(w: &[u8], scales: &[(f32, f32)], acts: [&[Q8Block]; 4])
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_row_avx2(w: &[u8], scales: &[(f32, f32)], act: &[Q8Block]) -> f32 {
+unsafe fn dot_row_avx2(kind: Kind, w: &[u8], scales: &[(f32, f32)], act: &[Q8Block]) -> f32 {
     use std::arch::x86_64::*;
-    let ones = _mm256_set1_epi16(1);
-    let low_nibbles = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (b, (&(d, m), a)) in scales.iter().zip(act).enumerate() {
-        // SAFETY: each block is 16 bytes of packed weights and 32 i8 activations.
-        let packed = unsafe { _mm_loadu_si128(w.as_ptr().add(b * QK / 2) as *const __m128i) };
-        // Values 0..15 from the low nibbles, 16..31 from the high ones.
-        let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_nibbles);
+        // SAFETY: as in dot_rows4_avx2.
+        let wb = unsafe { w.as_ptr().add(b * kind.quant_bytes()) };
         let qa = unsafe { _mm256_loadu_si256(a.q.as_ptr() as *const __m256i) };
-        // u8 (0..15) x i8 -> pairs summed in i16 (|15*127*2| fits), then pairs -> i32.
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), ones);
+        let p = unsafe { block_dot(kind, wb, qa) };
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), acc);
         mins += m * a.s;
     }
@@ -210,10 +258,15 @@ mod tests {
 
     #[test]
     fn matches_dequantized_matmul() {
+        check(GgmlDType::Q4_1);
+        check(GgmlDType::Q8_0);
+    }
+
+    fn check(dtype: GgmlDType) {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (96, 256), &dev).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-        let mat = Q41Matrix::from_qtensor(&q).unwrap().unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let mat = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
         let x = Tensor::randn(0f32, 1.0, (5, 256), &dev).unwrap();
         let got = mat.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
