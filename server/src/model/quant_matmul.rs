@@ -32,9 +32,10 @@ pub struct QuantMatrix {
     kind: Kind,
     n: usize,
     k: usize,
-    /// Per block: (scale, min) as f32 and 16 bytes of packed 4-bit values, ggml's layout
-    /// (byte i holds value i in its low nibble and value i + 16 in its high nibble).
+    /// Per block: (scale, min) as f32; min is 0 for Q8_0.
     scales: Vec<(f32, f32)>,
+    /// Per block, `kind.quant_bytes()` bytes in ggml's layout: Q4_1 byte i holds value i in
+    /// its low nibble and value i + 16 in its high nibble; Q8_0 is 32 i8.
     quants: Vec<u8>,
 }
 
@@ -46,7 +47,7 @@ struct Q8Block {
 }
 
 impl QuantMatrix {
-    /// Takes a `[n, k]` Q4_1 tensor; None for other types.
+    /// Takes a `[n, k]` Q4_1 or Q8_0 CPU tensor; None for anything else (candle keeps it).
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
         let kind = match t.dtype() {
             GgmlDType::Q4_1 => Kind::Q4_1,
@@ -84,7 +85,7 @@ impl QuantMatrix {
         let dims = x.dims().to_vec();
         let k = *dims.last().expect("rank >= 1");
         if k != self.k {
-            candle_core::bail!("Q4_1 matmul: input has {k} columns, weight expects {}", self.k)
+            candle_core::bail!("{:?} matmul: input has {k} columns, weight expects {}", self.kind, self.k)
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let m = xs.len() / k;
@@ -93,16 +94,16 @@ impl QuantMatrix {
         let mut out_t = vec![0f32; self.n * m]; // column-major while computing: [n][m]
         // Enough columns per task to amortise scheduling, enough tasks to use every core.
         let cols_per_task = (self.n / (rayon::current_num_threads() * 8)).max(4);
+        let kind = self.kind;
+        let qb = kind.quant_bytes() * kb; // weight bytes per output column
+        let tiled = m / 4 * 4;
+        let row = |r: usize| &act[r * kb..(r + 1) * kb];
         out_t.par_chunks_mut(cols_per_task * m).enumerate().for_each(|(task, out)| {
             let j0 = task * cols_per_task;
             for (jj, col) in out.chunks_mut(m).enumerate() {
                 let j = j0 + jj;
-                let qb = self.kind.quant_bytes() * kb;
                 let w = &self.quants[j * qb..(j + 1) * qb];
-                let kind = self.kind;
                 let sc = &self.scales[j * kb..(j + 1) * kb];
-                let row = |r: usize| &act[r * kb..(r + 1) * kb];
-                let tiled = m / 4 * 4;
                 for r in (0..tiled).step_by(4) {
                     col[r..r + 4].copy_from_slice(&dot_rows4(kind, w, sc, [row(r), row(r + 1), row(r + 2), row(r + 3)]));
                 }
@@ -271,9 +272,10 @@ mod tests {
         let mat = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
         let x = Tensor::from_vec(vals(5 * 256, 7.0), (5, 256), &dev).unwrap();
         let got = mat.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-        let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        let dequantized = q.dequantize(&dev).unwrap();
+        let want = x.matmul(&dequantized.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
         // Exact check: dequantized weights times the kernel's own 8-bit activations, in f64.
-        let wd = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
+        let wd = dequantized.to_vec2::<f32>().unwrap();
         let xs = x.to_vec2::<f32>().unwrap();
         let mut err2 = 0f64;
         let mut norm2 = 0f64;

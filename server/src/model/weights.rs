@@ -10,8 +10,8 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A linear layer whose weight is either quantized or dense; `QMatMul` already
-/// dispatches both, so the forward pass has one code path.
+/// A linear layer's weight: candle's `QMatMul` (dense, or quantized types candle runs
+/// well) or our own kernel for Q4_1 / Q8_0 on CPU. The forward pass only sees `Linear`.
 pub enum Weight {
     /// Dense or any quantized type candle handles well.
     Candle(QMatMul),
