@@ -1,5 +1,6 @@
 //! Command-line configuration. Every flag is also an environment variable (its UPPER_SNAKE
-//! name, as happy_vllm does); the command line wins over the environment.
+//! name, as happy_vllm does) and a `.env` entry; priority CLI > environment > `.env` >
+//! default (`main` loads `.env` without overriding the environment, clap does the rest).
 
 use crate::engine::EngineConfig;
 use crate::model::{DTypeArg, ModelOptions};
@@ -29,7 +30,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 pub struct ModelArgs {
     /// A Hugging Face model folder (config.json, tokenizer.json, *.safetensors) or a .gguf file.
     #[arg(long, env = "MODEL")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Weight/activation dtype: auto = f32 on CPU, bf16 on CUDA.
     #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
@@ -45,14 +46,16 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn options(&self) -> ModelOptions {
-        ModelOptions {
-            path: self.model.clone(),
+    pub fn options(&self) -> Result<ModelOptions, String> {
+        let path = self.model.clone().ok_or(
+            "no model given: pass --model <folder or .gguf>, set the MODEL environment variable, or add MODEL=... to .env")?;
+        Ok(ModelOptions {
+            path,
             dtype: self.dtype,
             device: self.device.clone(),
             dequantize: self.dequantize,
             max_model_len: self.max_model_len,
-        }
+        })
     }
 }
 
@@ -85,6 +88,81 @@ impl EngineArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The HTTP server's own flags (names as vLLM and happy_vllm spell them).
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct ServerArgs {
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Names clients may use in `model`; the first is reported. Default: the model's name.
+    #[arg(long = "served-model-name", visible_alias = "model-name", alias = "model_name", env = "MODEL_NAME",
+        num_args = 1.., value_delimiter = ',')]
+    pub served_model_name: Vec<String>,
+    /// Require `Authorization: Bearer <key>` on the API routes.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',', default_value = "*")]
+    pub allowed_origins: Vec<String>,
+    #[arg(long, env = "ALLOWED_METHODS", value_delimiter = ',', default_value = "*")]
+    pub allowed_methods: Vec<String>,
+    #[arg(long, env = "ALLOWED_HEADERS", value_delimiter = ',', default_value = "*")]
+    pub allowed_headers: Vec<String>,
+    #[arg(long, env = "ALLOW_CREDENTIALS")]
+    pub allow_credentials: bool,
+    /// Return the details of internal errors (500) to clients.
+    #[arg(long, env = "EXPLICIT_ERRORS")]
+    pub explicit_errors: bool,
+    /// `application` in /v1/info.
+    #[arg(long, env = "APP_NAME", default_value = "kandle-server")]
+    pub app_name: String,
+    /// A Hugging Face folder (or tokenizer.json) whose tokenizer replaces the model's.
+    #[arg(long, env = "TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
+    /// A Jinja chat template: a file path or the template itself.
+    #[arg(long, env = "CHAT_TEMPLATE")]
+    pub chat_template: Option<String>,
+    /// Role of the generated message in chat responses.
+    #[arg(long, env = "RESPONSE_ROLE", default_value = "assistant")]
+    pub response_role: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Serve the effective configuration at /v1/launch_arguments.
+    #[arg(long, env = "WITH_LAUNCH_ARGUMENTS")]
+    pub with_launch_arguments: bool,
+    /// Prefix for every route except /metrics (e.g. /llm).
+    #[arg(long, env = "API_ENDPOINT_PREFIX", default_value = "")]
+    pub api_endpoint_prefix: String,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// Beyond this many queued requests new ones get 503 + Retry-After (default: unbounded).
+    #[arg(long, env = "MAX_WAITING_REQUESTS")]
+    pub max_waiting_requests: Option<usize>,
+    /// Largest accepted request body.
+    #[arg(long, env = "MAX_REQUEST_BODY", default_value = "32MiB", value_parser = parse_bytes)]
+    pub max_request_body: u64,
+}
+
+/// Everything `kandle-server serve` takes.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! kandle-server: an OpenAI-compatible LLM server on candle with continuous batching over a
 //! paged KV cache.
 
+pub mod api;
+pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod tokenizer;
-pub mod config;

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kandle_server::config::{EngineArgs, ModelArgs};
+use kandle_server::config::{EngineArgs, LogFormat, ModelArgs, ServeArgs};
 use kandle_server::engine::{EngineCore, EngineHandle, GenerateRequest, RequestEvent, SamplingParams};
 use kandle_server::model::LoadedModel;
 use std::io::Write;
@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible HTTP API (and happy_vllm's extras).
+    Serve(Box<ServeArgs>),
     /// Generate text for one prompt without HTTP (streams to stdout).
     Generate(GenerateArgs),
 }
@@ -45,7 +47,7 @@ struct GenerateArgs {
 
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    let loaded = LoadedModel::load(&args.model.options()).context("loading the model")?;
+    let loaded = LoadedModel::load(&args.model.options().map_err(anyhow::Error::msg)?).context("loading the model")?;
     let tok = loaded.tokenizer.clone();
     let core = EngineCore::new(loaded, &args.engine.config())?;
     eprintln!("loaded in {:.2}s", t0.elapsed().as_secs_f64());
@@ -75,7 +77,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
                 write!(out, "{}", d.text)?;
                 out.flush()?;
             }
-            RequestEvent::Finished { usage } => {
+            RequestEvent::Finished { usage, .. } => {
                 let secs = start.elapsed().as_secs_f64();
                 eprintln!("\n[{} prompt + {} generated tokens in {secs:.2}s]", usage.prompt_tokens, usage.completion_tokens);
                 return Ok(());
@@ -86,10 +88,31 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     anyhow::bail!("the engine stopped")
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    // `.env` fills in what the environment does not set; clap then reads both.
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            eprintln!("warning: ignoring .env: {e}");
+        }
+    }
     match Cli::parse().command {
-        Command::Generate(args) => generate(args),
+        Command::Serve(args) => {
+            init_logging(args.server.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(kandle_server::api::serve(*args))
+        }
+        Command::Generate(args) => {
+            init_logging(LogFormat::Text);
+            generate(args)
+        }
     }
 }

@@ -16,6 +16,8 @@ pub struct TokenizerInfo {
     pub eos_token: Option<String>,
     /// Ids that end generation unless `ignore_eos` (eos of the tokenizer and generation config).
     pub eos_token_ids: Vec<u32>,
+    /// `truncation_side` of tokenizer_config.json (happy_vllm reports it in /v1/info).
+    pub truncation_side: Option<String>,
 }
 
 impl std::fmt::Debug for TokenizerInfo {
@@ -66,7 +68,8 @@ impl TokenizerInfo {
         let bos_token = token_text(&cfg["bos_token"]);
         let eos_token = token_text(&cfg["eos_token"]);
         let eos_token_ids = eos_token.iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
-        Ok(Self { tokenizer, chat_template, bos_token, eos_token, eos_token_ids })
+        let truncation_side = cfg["truncation_side"].as_str().map(str::to_string);
+        Ok(Self { tokenizer, chat_template, bos_token, eos_token, eos_token_ids, truncation_side })
     }
 
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self, ModelError> {
@@ -145,6 +148,7 @@ impl TokenizerInfo {
             bos_token: text_of(id_of("tokenizer.ggml.bos_token_id")),
             eos_token: text_of(eos_id),
             eos_token_ids,
+            truncation_side: None,
         })
     }
 

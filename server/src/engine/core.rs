@@ -17,6 +17,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,6 +77,8 @@ struct RequestState {
     unfinished: usize,
     prompt_len: usize,
     completion_tokens: usize,
+    arrival: Instant,
+    first_scheduled: Option<Instant>,
 }
 
 pub struct EngineCore {
@@ -114,6 +117,7 @@ impl EngineCore {
         let limits = Limits { max_model_len, vocab_size: mc.vocab_size, max_num_seqs: cfg.max_num_seqs };
         let stats = Arc::new(EngineStats::default());
         stats.set_kv_blocks(0, num_blocks);
+        stats.set_block_size(cfg.block_size);
         Ok(Self {
             model,
             attention: Box::new(CpuPagedAttention::new(shape)),
@@ -162,6 +166,8 @@ impl EngineCore {
             unfinished: n,
             prompt_len: req.prompt_token_ids.len(),
             completion_tokens: 0,
+            arrival: Instant::now(),
+            first_scheduled: None,
         });
         self.publish_stats();
         Ok(())
@@ -212,8 +218,12 @@ impl EngineCore {
         let bs = self.sched.allocator.block_size();
         let mut batch = ForwardBatch::default();
         let mut samplers = vec![];
+        let now = Instant::now();
         for s in &plan.scheduled {
             let seq = &self.sched.seqs[&s.seq];
+            if let Some(state) = self.requests.get_mut(&seq.request) {
+                state.first_scheduled.get_or_insert(now);
+            }
             let start = seq.num_computed;
             let query_start = batch.tokens.len();
             for pos in start..start + s.num_tokens {
@@ -322,7 +332,8 @@ impl EngineCore {
         let state = self.requests.remove(&key).expect("present");
         self.ids.remove(&state.request_id);
         let usage = Usage { prompt_tokens: state.prompt_len, completion_tokens: state.completion_tokens };
-        let _ = state.sink.send(RequestEvent::Finished { usage });
+        let queue_time = state.first_scheduled.unwrap_or_else(Instant::now) - state.arrival;
+        let _ = state.sink.send(RequestEvent::Finished { usage, queue_time });
     }
 
     fn fail_request(&mut self, key: u64, err: EngineError) {

@@ -223,8 +223,9 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestEvent {
     Delta(SequenceDelta),
-    /// Terminal: every sequence has finished.
-    Finished { usage: Usage },
+    /// Terminal: every sequence has finished. `queue_time` is how long the request waited
+    /// before its first step (vLLM's `request_queue_time_seconds`).
+    Finished { usage: Usage, queue_time: std::time::Duration },
     /// Terminal: the request failed inside the engine.
     Error(EngineError),
 }

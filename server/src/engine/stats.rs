@@ -10,6 +10,7 @@ pub struct EngineStats {
     preemptions: AtomicU64,
     kv_used_blocks: AtomicUsize,
     kv_total_blocks: AtomicUsize,
+    block_size: AtomicUsize,
     prompt_tokens: AtomicU64,
     generation_tokens: AtomicU64,
     steps: AtomicU64,
@@ -24,6 +25,7 @@ pub struct StatsSnapshot {
     pub kv_cache_usage_perc: f64,
     pub kv_used_blocks: usize,
     pub kv_total_blocks: usize,
+    pub block_size: usize,
     pub prompt_tokens_total: u64,
     pub generation_tokens_total: u64,
     pub num_steps_total: u64,
@@ -34,6 +36,10 @@ impl EngineStats {
         self.running.store(running, Relaxed);
         self.waiting.store(waiting, Relaxed);
         self.preemptions.store(preemptions, Relaxed);
+    }
+
+    pub fn set_block_size(&self, tokens: usize) {
+        self.block_size.store(tokens, Relaxed);
     }
 
     pub fn set_kv_blocks(&self, used: usize, total: usize) {
@@ -58,6 +64,7 @@ impl EngineStats {
             kv_cache_usage_perc: if total == 0 { 0.0 } else { used as f64 / total as f64 },
             kv_used_blocks: used,
             kv_total_blocks: total,
+            block_size: self.block_size.load(Relaxed),
             prompt_tokens_total: self.prompt_tokens.load(Relaxed),
             generation_tokens_total: self.generation_tokens.load(Relaxed),
             num_steps_total: self.steps.load(Relaxed),

@@ -74,7 +74,7 @@ pub fn drain(rx: &mut UnboundedReceiver<RequestEvent>) -> Collected {
     while let Ok(ev) = rx.try_recv() {
         match ev {
             RequestEvent::Delta(d) => c.seqs.entry(d.index).or_default().push(d),
-            RequestEvent::Finished { usage } => c.usage = Some(usage),
+            RequestEvent::Finished { usage, .. } => c.usage = Some(usage),
             RequestEvent::Error(e) => c.error = Some(e.to_string()),
         }
     }
