@@ -46,8 +46,15 @@ pub fn parse_view<T: DeserializeOwned>(body: &serde_json::Map<String, Value>) ->
     };
     let de = serde_ignored::Deserializer::new(value, &mut on_ignored);
     let parsed = serde_path_to_error::deserialize(de).map_err(|e| {
-        let param = e.path().to_string();
-        ApiError::BadRequest { message: format!("{param}: {}", e.inner()), param: Some(param) }
+        let message = e.inner().to_string();
+        let path = e.path().to_string();
+        if path == "." {
+            // A root-level error is a missing field: serde names it as "missing field `x`".
+            let param = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()).map(str::to_string);
+            ApiError::BadRequest { message, param }
+        } else {
+            ApiError::BadRequest { message: format!("{path}: {message}"), param: Some(path) }
+        }
     })?;
     Ok((parsed, ignored))
 }
