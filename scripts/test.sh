@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Everything CI runs: Rust unit/integration tests, then the black-box HTTP tests (the real
+# binary on the real SmolLM2 model, driven by the official openai client) in a local venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/fetch-models.sh
+cargo build --workspace
+cargo test --workspace
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q -r server/tests/http/requirements.txt
+.venv/bin/python -m pytest -q server/tests/http
