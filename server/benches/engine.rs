@@ -9,6 +9,7 @@
 
 use kandle_server::engine::{EngineConfig, EngineCore, GenerateRequest, RequestEvent, SamplingParams};
 use kandle_server::model::{DTypeArg, LoadedModel, ModelOptions};
+use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 use tokio::sync::mpsc::unbounded_channel;
@@ -91,6 +92,13 @@ fn main() {
     println!("bandwidth limit (weights read once per step): {:.0} tok/s single-sequence", bw * 1e9 / model_bytes);
     let (p, _, _) = run(&mut core, &long, 1, 1);
     println!("prefill: 512-token prompt in {p:.3}s = {:.0} tok/s", 512.0 / p);
+    // The serving benchmark's request (bench/serve.py: 256 random tokens in, 128 out) on the
+    // engine alone, to measure what the HTTP layer adds at concurrency 1.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let random: Vec<u32> = (0..256).map(|_| rng.random_range(1000..40000)).collect();
+    let (ttft, secs, toks) = run(&mut core, &random, 1, 128);
+    println!("engine alone, 256 in / 128 out, 1 sequence: TTFT {:.1} ms, TPOT {:.2} ms, {:.1} output tok/s",
+        ttft * 1e3, secs * 1e3 / toks as f64, (toks + 1) as f64 / (ttft + secs));
     for n in [1, 4, 16, 32] {
         let (_, secs, toks) = run(&mut core, &short, n, 128);
         println!("decode: {n:>2} concurrent x 128 tokens: {:.1} tok/s aggregate ({:.1} ms/step)", toks as f64 / secs,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI",
     request_body(content = inline(ChatFields), description = "Plus the shared sampling fields (SamplingFields)."),
     responses((status = 200, description = "A chat.completion object, or chat.completion.chunk events when `stream` is true")))]
+#[tracing::instrument(skip_all, fields(request_id = %rid.0))]
 pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid): Extension<RequestId>,
     JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let (fields, unknown_a) = parse_view::<ChatFields>(&body)?;

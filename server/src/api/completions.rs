@@ -19,6 +19,7 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 #[utoipa::path(post, path = "/v1/completions", tag = "OpenAI",
     request_body(content = inline(CompletionFields), description = "Plus the shared sampling fields (SamplingFields)."),
     responses((status = 200, description = "A text_completion object, or server-sent chunks when `stream` is true")))]
+#[tracing::instrument(skip_all, fields(request_id = %rid.0))]
 pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Extension<RequestId>,
     JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let (fields, unknown_a) = parse_view::<CompletionFields>(&body)?;

@@ -101,3 +101,33 @@ pub async fn request_id_layer(mut req: Request, next: Next) -> Response {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::protocol::{CompletionFields, SamplingFields};
+    use serde_json::json;
+
+    fn body(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse_view::<CompletionFields>(&body(json!({"prompt": "x", "max_tokens": "a"}))).err().unwrap();
+        assert!(matches!(err, ApiError::BadRequest { param: Some(ref p), .. } if p == "max_tokens"), "{err:?}");
+        let err = parse_view::<CompletionFields>(&body(json!({"max_tokens": 3}))).err().unwrap();
+        assert!(matches!(err, ApiError::BadRequest { param: Some(ref p), .. } if p == "prompt"), "{err:?}");
+    }
+
+    #[test]
+    fn keys_no_view_knows_are_reported() {
+        let b = body(json!({"prompt": "x", "temperature": 0.5, "mystery": 1}));
+        let (_, a) = parse_view::<CompletionFields>(&b).unwrap();
+        let (_, s) = parse_view::<SamplingFields>(&b).unwrap();
+        let unknown: BTreeSet<String> = a.intersection(&s).cloned().collect();
+        assert_eq!(unknown.into_iter().collect::<Vec<_>>(), vec!["mystery".to_string()]);
+        assert!(check_fields(&b, &BTreeSet::new(), &["mystery"]).is_err());
+        assert!(check_fields(&body(json!({"mystery": null})), &BTreeSet::new(), &["mystery"]).is_ok());
+    }
+}

@@ -237,3 +237,14 @@ async fn drain(state: &AppState) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefixes_are_normalized() {
+        assert_eq!(super::normalize_prefix(""), "");
+        assert_eq!(super::normalize_prefix("/"), "");
+        assert_eq!(super::normalize_prefix("llm/"), "/llm");
+        assert_eq!(super::normalize_prefix("/a/b"), "/a/b");
+    }
+}

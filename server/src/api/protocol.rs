@@ -296,3 +296,21 @@ pub fn unix_now() -> u64 {
 pub fn token_text(tok: &crate::tokenizer::TokenizerInfo, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_values_then_generation_config_then_openai_defaults() {
+        let defaults = GenerationDefaults { temperature: Some(0.6), top_p: Some(0.9), ..Default::default() };
+        let fields = SamplingFields { top_p: Some(0.5), stop: Some(Stop::One("\n".into())), ..Default::default() };
+        let p = fields.to_params(&defaults, Some(7), None).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.max_tokens), (0.6, 0.5, 0, Some(7)));
+        assert_eq!(p.stop, vec!["\n".to_string()]);
+        let bad = SamplingFields { n: Some(0), ..Default::default() };
+        assert!(bad.to_params(&defaults, None, None).is_err());
+        let bias = SamplingFields { logit_bias: Some([("42".to_string(), -100.0)].into()), ..Default::default() };
+        assert_eq!(bias.to_params(&defaults, None, None).unwrap().logit_bias[&42], -100.0);
+    }
+}
