@@ -156,6 +156,26 @@ impl TokenizerInfo {
         self.tokenizer.encode(text, add_special_tokens).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
     }
 
+    /// Each token of `text` (no special tokens added) with the exact slice of `text` it
+    /// stands for. The slices are contiguous and concatenate back to `text`: whitespace the
+    /// tokenizer trims from offsets goes to the next token, the rest of the text to the last
+    /// (happy_vllm's "non-vanilla" view of tokens).
+    pub fn token_pieces<'a>(&self, text: &'a str) -> Result<Vec<(u32, &'a str)>, String> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| e.to_string())?;
+        let n = enc.get_ids().len();
+        let mut pieces = Vec::with_capacity(n);
+        let mut prev = 0;
+        for (i, (&id, &(_, end))) in enc.get_ids().iter().zip(enc.get_offsets()).enumerate() {
+            let mut end = if i + 1 == n { text.len() } else { end.clamp(prev, text.len()) };
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            pieces.push((id, &text[prev..end]));
+            prev = end;
+        }
+        Ok(pieces)
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, String> {
         self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| e.to_string())
     }

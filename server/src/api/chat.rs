@@ -105,7 +105,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
 }
 
 /// A conversation ready to render: messages as the template sees them and the options.
-struct RenderRequest {
+pub(super) struct RenderRequest {
     messages: Vec<Value>,
     add_generation_prompt: bool,
     continue_final_message: bool,
@@ -115,7 +115,7 @@ struct RenderRequest {
 }
 
 impl RenderRequest {
-    fn new(fields: &ChatFields) -> Result<Self, ApiError> {
+    pub(super) fn new(fields: &ChatFields) -> Result<Self, ApiError> {
         if fields.messages.is_empty() {
             return Err(ApiError::bad_request("messages", "`messages` must contain at least one message."));
         }
@@ -148,7 +148,7 @@ impl RenderRequest {
         }
     }
 
-    fn tokenize(&self, tok: &TokenizerInfo) -> Result<Vec<u32>, ApiError> {
+    pub(super) fn tokenize(&self, tok: &TokenizerInfo) -> Result<Vec<u32>, ApiError> {
         let messages = Value::Array(self.messages.clone());
         let template = self.template.as_deref().or(tok.chat_template.as_deref()).ok_or_else(|| {
             ApiError::bad_request("messages", "The model has no chat template; start the server with --chat-template \

@@ -10,6 +10,8 @@ pub mod extract;
 pub mod generation;
 pub mod protocol;
 pub mod state;
+pub mod text;
+pub mod tokenize;
 
 use crate::config::{ServeArgs, ServerArgs};
 use crate::engine::{EngineCore, EngineHandle, GenerateRequest, RequestEvent, SamplingParams};
@@ -43,6 +45,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/launch_arguments", get(admin::launch_arguments))
         .route("/v1/live_metrics", get(admin::live_metrics))
         .route("/v1/abort_request", post(admin::abort_request))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/v2/tokenizer", post(tokenize::tokenize))
+        .route("/v2/decode", post(tokenize::detokenize))
+        .route("/v1/tokenizer", post(tokenize::legacy_tokenizer))
+        .route("/v1/decode", post(tokenize::legacy_decode))
+        .route("/v1/metadata_text", post(text::metadata_text))
+        .route("/v1/split_text", post(text::split_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     let open = Router::new()
         .route("/health", get(admin::health))

@@ -1,0 +1,83 @@
+"""happy_vllm's tokenizer and text routes (and vLLM's /tokenize, /detokenize), with the
+examples of ../shared/reference/happy_vllm-pypi-readme.txt."""
+
+import httpx
+import pytest
+
+TEXT = "Hey, how are you ? Fine thanks."
+LONG = ("The lighthouse stood on the cliff. Waves hit the rocks! Did the keeper sleep? "
+        "Nobody knew | the night was long. ") * 12
+
+
+def post(server, path, body):
+    return httpx.post(f"{server.url}{path}", json=body, timeout=60)
+
+
+def test_v2_tokenizer_and_decode_round_trip(server):
+    r = post(server, "/v2/tokenizer", {"model": "smol", "prompt": TEXT, "add_special_tokens": True}).json()
+    assert r["count"] == len(r["tokens"]) and r["max_model_len"] == 2048
+    assert post(server, "/v2/decode", {"model": "smol", "tokens": r["tokens"]}).json() == {"prompt": TEXT}
+    # vLLM's names, same shapes.
+    v = post(server, "/tokenize", {"model": "smol", "prompt": TEXT, "return_token_strs": True}).json()
+    assert v["tokens"] == r["tokens"] and len(v["token_strs"]) == v["count"]
+    assert post(server, "/detokenize", {"tokens": v["tokens"]}).json()["prompt"] == TEXT
+
+
+def test_v2_tokenizer_chat_form_counts_what_chat_completions_sends(server):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    r = post(server, "/v2/tokenizer", {"model": "smol", "messages": messages, "add_generation_prompt": True}).json()
+    chat = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 1}).json()
+    assert r["count"] == chat["usage"]["prompt_tokens"]
+
+
+def test_v1_tokenizer_vanilla_and_happy(server):
+    v = post(server, "/v1/tokenizer", {"text": TEXT, "with_tokens_str": True, "vanilla": True}).json()
+    assert v["tokens_nb"] == len(v["tokens_ids"]) == len(v["tokens_str"])
+    assert any(t.startswith("Ġ") for t in v["tokens_str"])  # raw byte-level tokens
+    h = post(server, "/v1/tokenizer", {"text": TEXT, "with_tokens_str": True, "vanilla": False}).json()
+    assert "".join(h["tokens_str"]) == TEXT and " how" in h["tokens_str"]
+    assert "tokens_str" not in post(server, "/v1/tokenizer", {"text": TEXT}).json()
+    d = post(server, "/v1/decode", {"token_ids": h["tokens_ids"], "with_tokens_str": True, "vanilla": False}).json()
+    assert d["decoded_string"] == TEXT and "".join(d["tokens_str"]) == TEXT and d["tokens_nb"] == len(h["tokens_ids"])
+
+
+@pytest.mark.parametrize("text", [TEXT, "héllo wörld 🎉 日本語", "", "  leading and trailing  ", "a\n\nb\tc"])
+def test_happy_tokens_are_exact_slices(server, text):
+    h = post(server, "/v1/tokenizer", {"text": text, "with_tokens_str": True, "vanilla": False}).json()
+    assert "".join(h["tokens_str"]) == text
+
+
+def test_metadata_text(server):
+    n = post(server, "/v1/tokenizer", {"text": LONG, "vanilla": False}).json()["tokens_nb"]
+    r = post(server, "/v1/metadata_text", {"text": LONG}).json()
+    assert r == {"tokens_nb": n, "truncated_text": ""}
+    r = post(server, "/v1/metadata_text", {"text": LONG, "max_length": 50}).json()
+    assert r["tokens_nb"] == n and LONG.endswith(r["truncated_text"])
+    kept = LONG[: len(LONG) - len(r["truncated_text"])]
+    assert post(server, "/v1/tokenizer", {"text": kept, "vanilla": False}).json()["tokens_nb"] == 50
+    left = post(server, "/v1/metadata_text", {"text": LONG, "max_length": 50, "truncation_side": "left"}).json()
+    assert LONG.startswith(left["truncated_text"]) and left["truncated_text"] != r["truncated_text"]
+    bad = post(server, "/v1/metadata_text", {"text": LONG, "truncation_side": "middle"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "truncation_side"
+
+
+def test_split_text(server):
+    r = post(server, "/v1/split_text", {"text": LONG, "num_tokens_in_chunk": 30}).json()
+    chunks = r["split_text"]
+    assert "".join(chunks) == LONG and len(chunks) > 3
+    for c in chunks[:-1]:
+        assert c.rstrip()[-1] in ".!?|"
+        assert post(server, "/v1/tokenizer", {"text": c, "vanilla": False}).json()["tokens_nb"] >= 30
+    # The reference example: separators given explicitly.
+    r = post(server, "/v1/split_text", {"text": "Text to split. Again! And again?", "num_tokens_in_chunk": 1,
+                                        "separators": [".", "!", "?", "|", " .", " !", " ?", " |"]}).json()
+    assert r["split_text"] == ["Text to split.", " Again!", " And again?"]
+    assert post(server, "/v1/split_text", {"text": "x", "num_tokens_in_chunk": 0}).status_code == 400
+
+
+def test_tokenizer_routes_reject_bad_input(server):
+    assert post(server, "/v1/tokenizer", {"txt": "x"}).json()["error"]["param"] == "text"
+    assert post(server, "/v1/decode", {"token_ids": [10**9]}).status_code == 400
+    assert post(server, "/v2/decode", {"tokens": ["a"]}).json()["error"]["param"] == "tokens[0]"
+    assert post(server, "/v2/tokenizer", {"model": "other", "prompt": "x"}).status_code == 404
+    assert post(server, "/v1/split_text", {"text": 5}).status_code == 400
