@@ -8,7 +8,7 @@ use crate::engine::{EngineError, FinishReason, GenerateRequest, RequestEvent, Sa
     TokenLogprob, Usage};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::stream::{self, BoxStream, SelectAll, StreamExt};
+use futures::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
 use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -139,13 +139,12 @@ impl Generation {
         Err(EngineError::EngineStopped.into())
     }
 
-    /// Streams as server-sent events: `first` chunks, then what `on_event` makes of each
-    /// event, then `data: [DONE]`. A failure mid-stream is an OpenAI error event.
-    pub fn into_sse(self, first: Vec<Value>, on_event: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static) -> Response {
-        let head = stream::iter(first.into_iter().map(data_event));
+    /// The JSON chunks of a streamed response: `first`, then what `on_event` makes of each
+    /// event; a failure mid-stream becomes an OpenAI error object.
+    fn chunks(self, first: Vec<Value>, on_event: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static)
+        -> impl Stream<Item = Value> + Send + 'static {
         let body = stream::unfold((self, on_event), |(mut gen, mut on_event)| async move {
-            let ev = gen.next().await?;
-            let chunks = match ev {
+            let chunks = match gen.next().await? {
                 GenEvent::Failed(e) => {
                     let err = ApiError::from(e);
                     tracing::warn!(error = %err, "generation failed mid-stream");
@@ -153,16 +152,24 @@ impl Generation {
                 }
                 other => on_event(other),
             };
-            Some((stream::iter(chunks.into_iter().map(data_event)), (gen, on_event)))
+            Some((stream::iter(chunks), (gen, on_event)))
         })
         .flatten();
-        let done = stream::once(async { Ok(Event::default().data("[DONE]")) });
-        Sse::new(head.chain(body).chain(done)).into_response()
+        stream::iter(first).chain(body)
     }
-}
 
-fn data_event(v: Value) -> Result<Event, Infallible> {
-    Ok(Event::default().data(v.to_string()))
+    /// Server-sent events, ending with `data: [DONE]` (the OpenAI routes).
+    pub fn into_sse(self, first: Vec<Value>, on_event: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static) -> Response {
+        let events = self.chunks(first, on_event).map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string())));
+        let done = stream::once(async { Ok(Event::default().data("[DONE]")) });
+        Sse::new(events.chain(done)).into_response()
+    }
+
+    /// One JSON object per line (happy_vllm's and vLLM's older `/generate` streams).
+    pub fn into_ndjson(self, on_event: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static) -> Response {
+        let lines = self.chunks(vec![], on_event).map(|v| Ok::<_, Infallible>(format!("{v}\n")));
+        ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
+    }
 }
 
 /// Everything one choice produced.
@@ -176,7 +183,7 @@ pub struct ChoiceOutput {
 }
 
 impl ChoiceOutput {
-    fn push(&mut self, d: SequenceDelta) {
+    pub fn push(&mut self, d: SequenceDelta) {
         self.text.push_str(&d.text);
         self.token_ids.extend(d.token_ids);
         self.logprobs.extend(d.logprobs);

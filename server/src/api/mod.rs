@@ -7,6 +7,7 @@ pub mod completions;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod generate;
 pub mod generation;
 pub mod protocol;
 pub mod state;
@@ -51,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/decode", post(tokenize::detokenize))
         .route("/v1/tokenizer", post(tokenize::legacy_tokenizer))
         .route("/v1/decode", post(tokenize::legacy_decode))
+        .route("/v1/generate", post(generate::generate))
+        .route("/v1/generate_stream", post(generate::generate_stream))
         .route("/v1/metadata_text", post(text::metadata_text))
         .route("/v1/split_text", post(text::split_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));

@@ -81,3 +81,46 @@ def test_tokenizer_routes_reject_bad_input(server):
     assert post(server, "/v2/decode", {"tokens": ["a"]}).json()["error"]["param"] == "tokens[0]"
     assert post(server, "/v2/tokenizer", {"model": "other", "prompt": "x"}).status_code == 404
     assert post(server, "/v1/split_text", {"text": 5}).status_code == 400
+
+
+def test_generate(server):
+    body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0, "n": 2,
+            "prompt_in_response": True}
+    r = post(server, "/v1/generate", body).json()
+    assert len(r["responses"]) == len(r["finish_reasons"]) == len(r["usages"]) == 2
+    assert r["prompt"] == body["prompt"] and r["finish_reasons"] == ["length", "length"]
+    count = post(server, "/v2/tokenizer", {"prompt": body["prompt"]}).json()["count"]
+    for u in r["usages"]:
+        assert u["prompt_tokens"] == count and u["completion_tokens"] == 8 and u["total_tokens"] == count + 8
+    comp = post(server, "/v1/completions", {"prompt": body["prompt"], "max_tokens": 8, "temperature": 0}).json()
+    assert r["responses"][0] == comp["choices"][0]["text"]
+    assert "prompt" not in post(server, "/v1/generate", {"prompt": "Hi", "max_tokens": 2}).json()
+
+
+def test_generate_stream_sends_the_object_cumulatively(server):
+    import json
+    body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    with httpx.stream("POST", f"{server.url}/v1/generate_stream", json=body, timeout=60) as r:
+        objs = [json.loads(line) for line in r.iter_lines() if line]
+    assert len(objs) > 2
+    for a, b in zip(objs, objs[1:]):
+        assert b["responses"][0].startswith(a["responses"][0])
+    assert objs[0]["finish_reasons"] == ["None"]
+    assert objs[-1]["finish_reasons"] == ["length"] and objs[-1]["usages"][0]["completion_tokens"] == 8
+    assert objs[-1]["responses"] == post(server, "/v1/generate", body).json()["responses"]
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"prompt": "x", "response_pool": ["a"], "min_tokens": 2}, 422, "response_pool"),
+    ({"prompt": "x", "response_pool": ["a"], "json_format": {"a": "string"}}, 422, "response_pool"),
+    ({"prompt": "x", "max_tokens": 3, "min_tokens": 3}, 422, "max_tokens"),
+    ({"prompt": "x", "logits_processors": []}, 422, "logits_processors"),
+    ({"prompt": "x", "response_pool": ["Yes", "No"]}, 400, "response_pool"),
+    ({"prompt": "x", "temperature": "hot"}, 400, "temperature"),
+    ({"max_tokens": 2}, 400, "prompt"),
+])
+def test_generate_rejects(server, body, status, param):
+    for route in ("/v1/generate", "/v1/generate_stream"):
+        r = post(server, route, body)
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["param"] == param

@@ -1,0 +1,143 @@
+//! happy_vllm's deprecated `/v1/generate` and `/v1/generate_stream`: a prompt plus any
+//! vLLM sampling keyword, answered as `{responses, finish_reasons, usages, prompt?}`; the
+//! stream sends that object again, cumulatively, one JSON line per update.
+
+use super::error::ApiError;
+use super::extract::{check_fields, parse_view, JsonBody, RequestId};
+use super::generation::{ChoiceOutput, GenEvent, Generation};
+use super::protocol::{SamplingFields, UsageInfo};
+use super::state::AppState;
+use crate::engine::FinishReason;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// vLLM's `SamplingParams` default.
+const DEFAULT_MAX_TOKENS: usize = 16;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct GenerateFields {
+    pub prompt: String,
+    #[serde(default)]
+    pub prompt_in_response: bool,
+    /// The answer must be one of these strings (needs structured outputs).
+    pub response_pool: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    pub json_format: Option<Value>,
+    #[serde(default)]
+    pub json_format_is_json_schema: bool,
+    pub max_tokens: Option<i64>,
+    pub logprobs: Option<i64>,
+}
+
+fn unprocessable(param: &str, message: &str) -> ApiError {
+    ApiError::Unprocessable { message: message.to_string(), param: Some(param.to_string()) }
+}
+
+/// happy_vllm's rules (422), then what needs structured outputs (not built yet: 400).
+fn check_rules(f: &GenerateFields, s: &SamplingFields, body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    if body.contains_key("logits_processors") {
+        return Err(unprocessable("logits_processors", "logits_processors cannot be passed to this route."));
+    }
+    if f.response_pool.is_some() && s.min_tokens.is_some_and(|m| m > 0) {
+        return Err(unprocessable("response_pool", "response_pool and min_tokens cannot be used together."));
+    }
+    if f.response_pool.is_some() && f.json_format.is_some() {
+        return Err(unprocessable("response_pool", "response_pool and json_format cannot be used together."));
+    }
+    if let (Some(max), Some(min)) = (f.max_tokens, s.min_tokens) {
+        if max <= min {
+            return Err(unprocessable("max_tokens", "max_tokens must be greater than min_tokens."));
+        }
+    }
+    for key in ["response_pool", "json_format"] {
+        if body.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::bad_request(key, format!("`{key}` needs structured outputs, which this server does not support yet.")));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/generate", tag = "happy_vllm", request_body(content = inline(GenerateFields),
+    description = "Plus any sampling keyword (SamplingFields)."),
+    responses((status = 200, body = Object, example = json!({"responses": ["Paris."], "finish_reasons": ["stop"],
+        "usages": [{"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}]}))))]
+#[tracing::instrument(skip_all, fields(request_id = %rid.0.0))]
+pub async fn generate(state: State<Arc<AppState>>, rid: Extension<RequestId>, body: JsonBody) -> Result<Response, ApiError> {
+    run(state, rid, body, false).await
+}
+
+#[utoipa::path(post, path = "/v1/generate_stream", tag = "happy_vllm", request_body(content = inline(GenerateFields),
+    description = "Plus any sampling keyword (SamplingFields)."),
+    responses((status = 200, description = "One JSON object per line, cumulative, same shape as /v1/generate")))]
+#[tracing::instrument(skip_all, fields(request_id = %rid.0.0))]
+pub async fn generate_stream(state: State<Arc<AppState>>, rid: Extension<RequestId>, body: JsonBody) -> Result<Response, ApiError> {
+    run(state, rid, body, true).await
+}
+
+async fn run(State(state): State<Arc<AppState>>, Extension(rid): Extension<RequestId>, JsonBody(body): JsonBody,
+    stream: bool) -> Result<Response, ApiError> {
+    let (fields, unknown_a) = parse_view::<GenerateFields>(&body)?;
+    let (sampling, unknown_b) = parse_view::<SamplingFields>(&body)?;
+    check_rules(&fields, &sampling, &body)?;
+    check_fields(&body, &unknown_a.intersection(&unknown_b).cloned().collect(), &["use_beam_search", "prompt_logprobs"])?;
+    let serving = state.admit()?;
+    let max_tokens = match fields.max_tokens {
+        Some(m) if m < 1 => return Err(ApiError::bad_request("max_tokens", format!("max_tokens must be at least 1, got {m}."))),
+        Some(m) => m as usize,
+        None => DEFAULT_MAX_TOKENS,
+    };
+    let logprobs = fields.logprobs.map(|k| k.max(0) as usize);
+    let params = sampling.to_params(&serving.defaults, Some(max_tokens), logprobs)?;
+    let tok = serving.engine.tokenizer().clone();
+    let prompt = fields.prompt.clone();
+    let ids = tokio::task::spawn_blocking(move || tok.encode(&prompt, true))
+        .await
+        .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))?
+        .map_err(|e| ApiError::bad_request("prompt", e))?;
+    let gen = Generation::start(&state, &rid.0, vec![ids], params)?;
+    let prompt = fields.prompt_in_response.then_some(fields.prompt);
+    let mut outputs = vec![ChoiceOutput::default(); gen.num_choices()];
+    if stream {
+        return Ok(gen.into_ndjson(move |ev| match ev {
+            GenEvent::Delta { choice, delta } => {
+                let changed = !delta.text.is_empty() || delta.finish_reason.is_some();
+                outputs[choice].push(delta);
+                if changed { vec![shape(&outputs, None, prompt.as_deref())] } else { vec![] }
+            }
+            GenEvent::Done(u) => vec![shape(&outputs, Some(u.prompt_tokens), prompt.as_deref())],
+            GenEvent::Failed(_) => vec![],
+        }));
+    }
+    let (outputs, usage) = gen.collect().await?;
+    Ok(Json(shape(&outputs, Some(usage.prompt_tokens), prompt.as_deref())).into_response())
+}
+
+/// `{responses, finish_reasons, usages, prompt?}`; unfinished choices read "None" as in
+/// happy_vllm's documentation. Usages come with the final object (prompt size known then).
+fn shape(outputs: &[ChoiceOutput], prompt_tokens: Option<usize>, prompt: Option<&str>) -> Value {
+    let reason = |r: Option<FinishReason>| match r {
+        Some(FinishReason::Stop) => "stop",
+        Some(FinishReason::Length) => "length",
+        Some(FinishReason::Abort) => "abort",
+        None => "None",
+    };
+    let mut v = json!({
+        "responses": outputs.iter().map(|o| o.text.as_str()).collect::<Vec<_>>(),
+        "finish_reasons": outputs.iter().map(|o| reason(o.finish_reason)).collect::<Vec<_>>(),
+    });
+    if let Some(p) = prompt_tokens {
+        let usages: Vec<UsageInfo> = outputs
+            .iter()
+            .map(|o| UsageInfo { prompt_tokens: p, completion_tokens: o.token_ids.len(), total_tokens: p + o.token_ids.len() })
+            .collect();
+        v["usages"] = json!(usages);
+    }
+    if let Some(p) = prompt {
+        v["prompt"] = json!(p);
+    }
+    v
+}
