@@ -46,9 +46,10 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
     let tok = serving.engine.tokenizer().clone();
     let render = RenderRequest::new(&fields)?;
     let echo_text = if fields.echo.unwrap_or(false) { render.echo_text(&state.args.server.response_role) } else { String::new() };
-    let prompt_ids = tokio::task::spawn_blocking(move || render.tokenize(&tok))
+    let mut prompt_ids = tokio::task::spawn_blocking(move || render.tokenize(&tok))
         .await
         .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))??;
+    sampling.truncate_prompt(&mut prompt_ids, serving.max_model_len)?;
     let gen = Generation::start(&state, &rid.0, vec![prompt_ids], params)?;
     let id = format!("chatcmpl-{}", rid.0);
     let created = unix_now();

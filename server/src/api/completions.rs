@@ -47,9 +47,12 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
     let tok = serving.engine.tokenizer().clone();
     let add_special = fields.add_special_tokens.unwrap_or(true);
     let prompt = fields.prompt;
-    let prompts = tokio::task::spawn_blocking(move || tokenize_prompts(&tok, prompt, add_special))
+    let mut prompts = tokio::task::spawn_blocking(move || tokenize_prompts(&tok, prompt, add_special))
         .await
         .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))??;
+    for (ids, _) in &mut prompts {
+        sampling.truncate_prompt(ids, serving.max_model_len)?;
+    }
     let n = params.n;
     let echo_texts: Vec<String> = if echo { prompts.iter().map(|p| p.1.clone()).collect() } else { vec![] };
     let gen = Generation::start(&state, &rid.0, prompts.into_iter().map(|p| p.0).collect(), params)?;

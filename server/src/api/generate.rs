@@ -94,10 +94,11 @@ async fn run(State(state): State<Arc<AppState>>, Extension(rid): Extension<Reque
     let params = sampling.to_params(&serving.defaults, Some(max_tokens), logprobs)?;
     let tok = serving.engine.tokenizer().clone();
     let prompt = fields.prompt.clone();
-    let ids = tokio::task::spawn_blocking(move || tok.encode(&prompt, true))
+    let mut ids = tokio::task::spawn_blocking(move || tok.encode(&prompt, true))
         .await
         .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))?
         .map_err(|e| ApiError::bad_request("prompt", e))?;
+    sampling.truncate_prompt(&mut ids, serving.max_model_len)?;
     let gen = Generation::start(&state, &rid.0, vec![ids], params)?;
     let prompt = fields.prompt_in_response.then_some(fields.prompt);
     let mut outputs = vec![ChoiceOutput::default(); gen.num_choices()];

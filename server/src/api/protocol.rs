@@ -45,6 +45,8 @@ pub struct SamplingFields {
     pub skip_special_tokens: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Keep only the last k prompt tokens (-1: the model's context length), as vLLM.
+    pub truncate_prompt_tokens: Option<i64>,
     /// Accepted for OpenAI compatibility; only logged.
     pub user: Option<String>,
 }
@@ -61,6 +63,21 @@ impl SamplingFields {
     pub fn stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
+    /// Applies `truncate_prompt_tokens` to tokenized prompts.
+    pub fn truncate_prompt(&self, ids: &mut Vec<u32>, max_model_len: usize) -> Result<(), ApiError> {
+        let keep = match self.truncate_prompt_tokens {
+            None => return Ok(()),
+            Some(-1) => max_model_len,
+            Some(k) if k >= 1 => k as usize,
+            Some(k) => return Err(ApiError::bad_request("truncate_prompt_tokens",
+                format!("truncate_prompt_tokens must be -1 or at least 1, got {k}."))),
+        };
+        if ids.len() > keep {
+            ids.drain(..ids.len() - keep);
+        }
+        Ok(())
+    }
+
     pub fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
@@ -143,6 +160,8 @@ pub enum Content {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessage {
     pub role: String,
+    /// `message` is accepted too, as the Chinese-LLaMA-Alpaca demo API sends it.
+    #[serde(alias = "message")]
     pub content: Option<Content>,
     pub name: Option<String>,
     #[schema(value_type = Option<Vec<Object>>)]

@@ -124,3 +124,23 @@ def test_generate_rejects(server, body, status, param):
         r = post(server, route, body)
         assert r.status_code == status, r.text
         assert r.json()["error"]["param"] == param
+
+
+def test_truncate_prompt_tokens(server):
+    long = {"prompt": "hello " * 3000, "max_tokens": 4}
+    r = post(server, "/v1/completions", dict(long, truncate_prompt_tokens=100))
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 100
+    r = post(server, "/v1/generate", dict(long, truncate_prompt_tokens=10)).json()
+    assert r["usages"][0]["prompt_tokens"] == 10
+    assert post(server, "/v1/completions", dict(long, truncate_prompt_tokens=0)).status_code == 400
+
+
+def test_chat_message_alias_of_alpaca_demo(server):
+    messages = [{"role": "user", "message": "Tell me some stories about Hangzhou"},
+                {"role": "assistant", "message": "Alright, do you have any particular preferences about Hangzhou?"},
+                {"role": "user", "message": "I'm more interested in West Lake, can you tell me about it?"}]
+    r = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    same = [{"role": m["role"], "content": m["message"]} for m in messages]
+    assert post(server, "/v1/chat/completions", {"messages": same, "max_tokens": 4}).json()["usage"]["prompt_tokens"] \
+        == r.json()["usage"]["prompt_tokens"]
