@@ -40,9 +40,20 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
         Some(m) => m as usize,
         None => DEFAULT_MAX_TOKENS,
     };
-    let params = sampling.to_params(&serving.defaults, Some(max_tokens), logprobs)?;
-    if fields.best_of.is_some_and(|b| b != params.n as i64) {
-        return Err(ApiError::bad_request("best_of", "best_of other than n is not supported by this server."));
+    let mut params = sampling.to_params(&serving.defaults, Some(max_tokens), logprobs)?;
+    let n = params.n;
+    let best_of = match fields.best_of {
+        Some(b) if b < n as i64 => return Err(ApiError::bad_request("best_of",
+            format!("best_of must be greater than or equal to n, got best_of={b} and n={n}."))),
+        Some(b) if b as usize > n && sampling.stream() => return Err(ApiError::bad_request("best_of",
+            "best_of greater than n is not supported when streaming.")),
+        Some(b) => b as usize,
+        None => n,
+    };
+    if best_of > n {
+        // Generate best_of candidates with their logprobs; the n most likely are returned.
+        params.n = best_of;
+        params.logprobs.get_or_insert(0);
     }
     let tok = serving.engine.tokenizer().clone();
     let add_special = fields.add_special_tokens.unwrap_or(true);
@@ -53,7 +64,6 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
     for (ids, _) in &mut prompts {
         sampling.truncate_prompt(ids, serving.max_model_len)?;
     }
-    let n = params.n;
     let echo_texts: Vec<String> = if echo { prompts.iter().map(|p| p.1.clone()).collect() } else { vec![] };
     let gen = Generation::start(&state, &rid.0, prompts.into_iter().map(|p| p.0).collect(), params)?;
     let id = format!("cmpl-{}", rid.0);
@@ -91,7 +101,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
     }
 
     let (outputs, usage) = gen.collect().await?;
-    let choices = outputs
+    let choices = keep_best(outputs, best_of, n)
         .into_iter()
         .enumerate()
         .map(|(index, out): (usize, ChoiceOutput)| {
@@ -103,6 +113,23 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
         .collect();
     Ok(Json(CompletionResponse { id, object: "text_completion", created, model, choices, usage: Some(usage.into()) })
         .into_response())
+}
+
+/// Of each prompt's `best_of` candidates, the `n` with the highest cumulative logprob
+/// (vLLM's `best_of`), best first; with best_of == n, everything in order.
+fn keep_best(outputs: Vec<ChoiceOutput>, best_of: usize, n: usize) -> Vec<ChoiceOutput> {
+    if best_of == n {
+        return outputs;
+    }
+    let score = |o: &ChoiceOutput| o.logprobs.iter().map(|l| l.logprob as f64).sum::<f64>();
+    let mut outputs = outputs.into_iter().peekable();
+    let mut kept = vec![];
+    while outputs.peek().is_some() {
+        let mut group: Vec<ChoiceOutput> = outputs.by_ref().take(best_of).collect();
+        group.sort_by(|a, b| score(b).total_cmp(&score(a)));
+        kept.extend(group.into_iter().take(n));
+    }
+    kept
 }
 
 /// Each prompt's token ids and text (the text is what `echo` returns).

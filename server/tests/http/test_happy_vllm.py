@@ -144,3 +144,17 @@ def test_chat_message_alias_of_alpaca_demo(server):
     same = [{"role": m["role"], "content": m["message"]} for m in messages]
     assert post(server, "/v1/chat/completions", {"messages": same, "max_tokens": 4}).json()["usage"]["prompt_tokens"] \
         == r.json()["usage"]["prompt_tokens"]
+
+
+def test_best_of_returns_the_most_likely_candidates(server):
+    base = {"prompt": "My favourite animal is", "max_tokens": 6, "temperature": 1.0, "seed": 7}
+    every = post(server, "/v1/completions", dict(base, n=4, logprobs=0)).json()["choices"]
+    scores = {c["text"]: sum(c["logprobs"]["token_logprobs"]) for c in every}
+    best = post(server, "/v1/completions", dict(base, n=1, best_of=4)).json()["choices"]
+    assert len(best) == 1 and best[0]["logprobs"] is None
+    assert scores[best[0]["text"]] == max(scores.values())
+    two = post(server, "/v1/completions", dict(base, n=2, best_of=4)).json()["choices"]
+    assert [c["index"] for c in two] == [0, 1]
+    assert sorted(scores[c["text"]] for c in two) == sorted(scores.values())[-2:]
+    assert post(server, "/v1/completions", dict(base, n=2, best_of=1)).status_code == 400
+    assert post(server, "/v1/completions", dict(base, best_of=3, stream=True)).status_code == 400
