@@ -193,9 +193,9 @@ pub struct ChatFields {
 }
 
 /// Fields of the OpenAI / vLLM contract this server refuses rather than ignores.
-pub const UNSUPPORTED_COMPLETION_FIELDS: &[&str] = &["suffix", "prompt_logprobs", "use_beam_search", "guided_json",
+pub const UNSUPPORTED_COMPLETION_FIELDS: &[&str] = &["suffix", "prompt_logprobs", "use_beam_search", "num_beams", "guided_json",
     "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "response_format", "prompt_embeds"];
-pub const UNSUPPORTED_CHAT_FIELDS: &[&str] = &["tools", "functions", "prompt_logprobs", "use_beam_search",
+pub const UNSUPPORTED_CHAT_FIELDS: &[&str] = &["tools", "functions", "prompt_logprobs", "use_beam_search", "num_beams",
     "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "audio", "prediction"];
 
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]

@@ -158,3 +158,11 @@ def test_best_of_returns_the_most_likely_candidates(server):
     assert sorted(scores[c["text"]] for c in two) == sorted(scores.values())[-2:]
     assert post(server, "/v1/completions", dict(base, n=2, best_of=1)).status_code == 400
     assert post(server, "/v1/completions", dict(base, best_of=3, stream=True)).status_code == 400
+
+
+def test_beam_search_is_refused_clearly_until_built(server):
+    off = {"prompt": "Hi", "max_tokens": 2, "use_beam_search": False, "num_beams": 1}
+    assert post(server, "/v1/completions", off).status_code == 200
+    for body in ({"use_beam_search": True}, {"num_beams": 4}):
+        r = post(server, "/v1/completions", dict(off, **body))
+        assert r.status_code == 400 and "not supported" in r.json()["error"]["message"]
