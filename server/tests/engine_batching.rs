@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kandle_server::engine::{EngineConfig, EngineError, EngineHandle, FinishReason, GenerateRequest, RequestEvent,
+use kandle_server::engine::{BeamParams, EngineConfig, EngineError, EngineHandle, FinishReason, GenerateRequest, RequestEvent,
     SamplingParams, StopReason};
 
 fn cfg() -> EngineConfig {
@@ -156,4 +156,37 @@ fn abort_and_dropped_streams_free_everything() {
         assert!(std::time::Instant::now() < deadline, "engine did not release the requests: {s:?}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+#[test]
+fn beam_search_is_the_same_alone_in_company_and_under_preemption() {
+    let beam = SamplingParams { n: 2, max_tokens: Some(12), ignore_eos: true,
+        beam: Some(BeamParams { width: 4, length_penalty: 1.0, early_stopping: false }), ..SamplingParams::greedy() };
+    let prompt = encode("The best way to learn a language is");
+    let req = || GenerateRequest::new("beam", prompt.clone(), beam.clone());
+    let alone = run_schedule(&mut core(), vec![(0, req())]);
+    assert_eq!(alone[0].seqs.len(), 2);
+    assert_eq!(alone[0].usage.unwrap().completion_tokens, 4 * 12);
+    let other = |id: &str| GenerateRequest::new(id, encode("Hello there"), SamplingParams { max_tokens: Some(20),
+        ..SamplingParams::greedy() });
+    let company = run_schedule(&mut core(), vec![(0, other("x")), (1, req()), (3, other("y"))]);
+    // A KV budget too small for four unshared beams: the search survives preemption.
+    let opts = kandle_server::model::ModelOptions { max_model_len: Some(40), ..options(gguf_path()) };
+    let loaded = load(&opts);
+    let per_token = loaded.model.config().kv_bytes_per_token(4);
+    let cfg = EngineConfig { block_size: 4, kv_cache_memory: (10 * 4 * per_token) as u64, max_num_batched_tokens: 64,
+        max_num_seqs: 8, ..EngineConfig::default() };
+    let mut tight = engine(loaded, cfg);
+    let long = GenerateRequest::new("z", encode("Hello there"), SamplingParams { max_tokens: Some(36), ignore_eos: true,
+        ..SamplingParams::greedy() });
+    let squeezed = run_schedule(&mut tight, vec![(0, long), (1, req())]);
+    assert!(tight.stats.snapshot().num_preemptions_total > 0, "the budget was meant to force preemption: {:?} {:?}", tight.stats.snapshot(), squeezed[1].usage);
+    assert_eq!(squeezed[1].error, None);
+    assert_eq!(squeezed[1].seqs.len(), 2, "{:?}", squeezed[1].seqs);
+    for i in 0..2 {
+        assert_eq!(alone[0].tokens(i), company[1].tokens(i));
+        assert_eq!(alone[0].tokens(i), squeezed[1].tokens(i));
+        assert_eq!(alone[0].finish_reason(i), Some(FinishReason::Length));
+    }
+    assert_eq!(tight.stats.snapshot().kv_used_blocks, 0);
 }

@@ -42,7 +42,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
     };
     let mut params = sampling.to_params(&serving.defaults, Some(max_tokens), logprobs)?;
     let n = params.n;
-    let best_of = match fields.best_of {
+    let best_of = match sampling.best_of.filter(|_| params.beam.is_none()) {
         Some(b) if b < n as i64 => return Err(ApiError::bad_request("best_of",
             format!("best_of must be greater than or equal to n, got best_of={b} and n={n}."))),
         Some(b) if b as usize > n && sampling.stream() => return Err(ApiError::bad_request("best_of",
@@ -69,6 +69,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
     let id = format!("cmpl-{}", rid.0);
     let created = unix_now();
     let tok = serving.engine.tokenizer().clone();
+    let as_ids = sampling.return_tokens_as_token_ids.unwrap_or(false);
 
     if sampling.stream() {
         let include_usage = sampling.include_usage();
@@ -91,7 +92,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
                     return vec![];
                 }
                 let offset = offsets.entry(choice).or_default();
-                let lp = logprobs.map(|_| completion_logprobs(&tok, &delta.logprobs, offset));
+                let lp = logprobs.map(|_| completion_logprobs(&tok, &delta.logprobs, offset, as_ids));
                 let finish = Finish { finish_reason: delta.finish_reason, stop_reason: delta.stop_reason };
                 vec![chunk(vec![CompletionChoice { index: choice, text: delta.text, logprobs: lp, finish }], None)]
             }
@@ -106,7 +107,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
         .enumerate()
         .map(|(index, out): (usize, ChoiceOutput)| {
             let prefix = echo_texts.get(index / n).cloned().unwrap_or_default();
-            let lp = logprobs.map(|_| completion_logprobs(&tok, &out.logprobs, &mut 0));
+            let lp = logprobs.map(|_| completion_logprobs(&tok, &out.logprobs, &mut 0, as_ids));
             CompletionChoice { index, text: prefix + &out.text, logprobs: lp,
                 finish: Finish { finish_reason: out.finish_reason, stop_reason: out.stop_reason } }
         })
@@ -155,11 +156,12 @@ fn tokenize_prompts(tok: &TokenizerInfo, prompt: Prompt, add_special: bool) -> R
 }
 
 /// The legacy logprobs layout; `offset` carries `text_offset` across stream chunks.
-fn completion_logprobs(tok: &TokenizerInfo, lps: &[TokenLogprob], offset: &mut usize) -> CompletionLogprobs {
+fn completion_logprobs(tok: &TokenizerInfo, lps: &[TokenLogprob], offset: &mut usize, as_ids: bool) -> CompletionLogprobs {
+    let name = |id: u32| if as_ids { format!("token_id:{id}") } else { token_text(tok, id) };
     let mut out = CompletionLogprobs::default();
     for lp in lps {
-        let text = token_text(tok, lp.token_id);
-        let mut top: HashMap<String, f32> = lp.top.iter().map(|&(id, l)| (token_text(tok, id), l)).collect();
+        let text = name(lp.token_id);
+        let mut top: HashMap<String, f32> = lp.top.iter().map(|&(id, l)| (name(id), l)).collect();
         top.entry(text.clone()).or_insert(lp.logprob);
         out.text_offset.push(*offset);
         *offset += text.len();

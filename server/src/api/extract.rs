@@ -63,11 +63,9 @@ pub fn parse_view<T: DeserializeOwned>(body: &serde_json::Map<String, Value>) ->
 /// instead of silently ignoring what the client asked for; logs keys nobody knows.
 pub fn check_fields(body: &serde_json::Map<String, Value>, unknown: &BTreeSet<String>, unsupported: &[&str])
     -> Result<(), ApiError> {
-    // `use_beam_search: false` or `num_beams: 1` ask for nothing unusual (the Alpaca demo
-    // client sends them by default).
-    let asks = |key: &str, v: &Value| !(v.is_null() || v == &Value::Bool(false) || (key == "num_beams" && v == 1));
+    // `false` asks for nothing (clients send e.g. `echo: false` by default).
     for &key in unsupported {
-        if body.get(key).is_some_and(|v| asks(key, v)) {
+        if body.get(key).is_some_and(|v| !(v.is_null() || v == &Value::Bool(false))) {
             return Err(ApiError::bad_request(key, format!("`{key}` is not supported by this server.")));
         }
     }

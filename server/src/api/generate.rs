@@ -83,7 +83,7 @@ async fn run(State(state): State<Arc<AppState>>, Extension(rid): Extension<Reque
     let (fields, unknown_a) = parse_view::<GenerateFields>(&body)?;
     let (sampling, unknown_b) = parse_view::<SamplingFields>(&body)?;
     check_rules(&fields, &sampling, &body)?;
-    check_fields(&body, &unknown_a.intersection(&unknown_b).cloned().collect(), &["use_beam_search", "num_beams", "prompt_logprobs"])?;
+    check_fields(&body, &unknown_a.intersection(&unknown_b).cloned().collect(), &["prompt_logprobs"])?;
     let serving = state.admit()?;
     let max_tokens = match fields.max_tokens {
         Some(m) if m < 1 => return Err(ApiError::bad_request("max_tokens", format!("max_tokens must be at least 1, got {m}."))),

@@ -3,7 +3,7 @@
 //! fields both routes share (see `extract::parse_view`).
 
 use super::error::ApiError;
-use crate::engine::{FinishReason, SamplingParams, StopReason, Usage};
+use crate::engine::{BeamParams, FinishReason, SamplingParams, StopReason, Usage};
 use crate::model::GenerationDefaults;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -45,6 +45,16 @@ pub struct SamplingFields {
     pub skip_special_tokens: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Candidates generated per prompt: the `n` most likely are returned (beam width with
+    /// beam search).
+    pub best_of: Option<i64>,
+    pub use_beam_search: Option<bool>,
+    /// Beam width (alias of best_of with beam search; > 1 turns beam search on).
+    pub num_beams: Option<i64>,
+    pub length_penalty: Option<f32>,
+    pub early_stopping: Option<bool>,
+    /// vLLM: logprob tokens are written `token_id:<id>` instead of as text.
+    pub return_tokens_as_token_ids: Option<bool>,
     /// Keep only the last k prompt tokens (-1: the model's context length), as vLLM.
     pub truncate_prompt_tokens: Option<i64>,
     /// Accepted for OpenAI compatibility; only logged.
@@ -97,8 +107,14 @@ impl SamplingFields {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let n = count("n", self.n, 1)?.unwrap_or(1);
+        let beam = (self.use_beam_search == Some(true) || self.num_beams.is_some_and(|b| b > 1)).then(|| BeamParams {
+            width: self.num_beams.filter(|&b| b > 1).or(self.best_of).map_or(n, |b| b.max(0) as usize),
+            length_penalty: self.length_penalty.unwrap_or(1.0),
+            early_stopping: self.early_stopping.unwrap_or(false),
+        });
         Ok(SamplingParams {
-            n: count("n", self.n, 1)?.unwrap_or(1),
+            n,
             temperature: self.temperature.or(defaults.temperature).unwrap_or(base.temperature),
             top_p: self.top_p.or(defaults.top_p).unwrap_or(base.top_p),
             top_k: self.top_k.or(defaults.top_k).unwrap_or(base.top_k),
@@ -120,6 +136,7 @@ impl SamplingFields {
             min_tokens: count("min_tokens", self.min_tokens, 0)?.unwrap_or(0),
             max_tokens,
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+            beam,
         })
     }
 }
@@ -144,7 +161,6 @@ pub struct CompletionFields {
     /// Number of top alternatives per token (0–20).
     pub logprobs: Option<i64>,
     pub echo: Option<bool>,
-    pub best_of: Option<i64>,
     pub add_special_tokens: Option<bool>,
 }
 
@@ -193,9 +209,9 @@ pub struct ChatFields {
 }
 
 /// Fields of the OpenAI / vLLM contract this server refuses rather than ignores.
-pub const UNSUPPORTED_COMPLETION_FIELDS: &[&str] = &["suffix", "prompt_logprobs", "use_beam_search", "num_beams", "guided_json",
+pub const UNSUPPORTED_COMPLETION_FIELDS: &[&str] = &["suffix", "prompt_logprobs", "guided_json",
     "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "response_format", "prompt_embeds"];
-pub const UNSUPPORTED_CHAT_FIELDS: &[&str] = &["tools", "functions", "prompt_logprobs", "use_beam_search", "num_beams",
+pub const UNSUPPORTED_CHAT_FIELDS: &[&str] = &["tools", "functions", "prompt_logprobs",
     "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "audio", "prediction"];
 
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]

@@ -2,9 +2,10 @@
 //! requests by one batched step at a time. The engine thread drives it; tests can drive it
 //! directly to control exactly when requests arrive.
 
+use super::beam::{BeamState, Hypothesis};
 use super::block_manager::BlockAllocator;
-use super::params::{EngineError, GenerateRequest, LogitsProcessorFactory, RequestEvent, SequenceDelta, Usage};
-use super::sampler::{sample, SamplerState};
+use super::params::{EngineError, FinishReason, GenerateRequest, LogitsProcessorFactory, RequestEvent, SequenceDelta, Usage};
+use super::sampler::{sample, top_logprobs, SamplerState};
 use super::scheduler::{Scheduler, SchedulerConfig, StepPlan};
 use super::sequence::{RequestShared, Sequence};
 use super::stats::EngineStats;
@@ -53,7 +54,7 @@ impl Limits {
             return Err(EngineError::EmptyPrompt);
         }
         req.params.validate(self.vocab_size)?;
-        if req.params.n > self.max_num_seqs {
+        if req.params.n.max(req.params.beam.map_or(0, |b| b.width)) > self.max_num_seqs {
             return Err(EngineError::InvalidParam { param: "n", message: format!(
                 "n={} exceeds max_num_seqs={}", req.params.n, self.max_num_seqs) });
         }
@@ -79,6 +80,7 @@ struct RequestState {
     completion_tokens: usize,
     arrival: Instant,
     first_scheduled: Option<Instant>,
+    beam: Option<BeamState>,
 }
 
 pub struct EngineCore {
@@ -153,11 +155,13 @@ impl EngineCore {
         self.next_request += 1;
         let n = req.params.n;
         let seed = req.params.seed;
+        let beam_params = req.params.beam;
         let shared = Arc::new(RequestShared::new(req.params, max_tokens, &self.tokenizer.eos_token_ids));
         let processors = req.logits_processors.iter().map(|f| f()).collect();
         let mut seq = Sequence::new(key, 0, shared, req.prompt_token_ids.clone(), rng_for(seed, 0), processors);
-        seq.pending_forks = n - 1;
-        self.sched.add_waiting(seq);
+        // Beams are forked by the search itself, not up front.
+        seq.pending_forks = if beam_params.is_some() { 0 } else { n - 1 };
+        let first = self.sched.add_waiting(seq);
         self.ids.insert(req.request_id.clone(), key);
         self.requests.insert(key, RequestState {
             request_id: req.request_id,
@@ -168,6 +172,7 @@ impl EngineCore {
             completion_tokens: 0,
             arrival: Instant::now(),
             first_scheduled: None,
+            beam: beam_params.map(|b| BeamState::new(b, first)),
         });
         self.publish_stats();
         Ok(())
@@ -251,6 +256,7 @@ impl EngineCore {
     }
 
     fn sample_and_emit(&mut self, samplers: Vec<u64>, rows: Vec<Vec<f32>>) {
+        let (samplers, rows) = self.propose_beams(samplers, rows);
         // Fork the siblings of n>1 requests now that the shared prompt is cached: they
         // sample their first token from the same logits row.
         let mut work: Vec<(u64, Vec<f32>)> = vec![];
@@ -313,6 +319,106 @@ impl EngineCore {
                 Err(e) => self.fail_request(key, EngineError::Execution(format!("sampling: {e}"))),
             }
         }
+    }
+
+    /// Rows of beam-search sequences become proposals; the rest are returned for sampling.
+    fn propose_beams(&mut self, samplers: Vec<u64>, rows: Vec<Vec<f32>>) -> (Vec<u64>, Vec<Vec<f32>>) {
+        let mut rest = (vec![], vec![]);
+        let mut rounds = vec![];
+        for (id, row) in samplers.into_iter().zip(rows) {
+            let key = self.sched.seqs.get(&id).map(|s| s.request);
+            match key.and_then(|k| self.requests.get_mut(&k)).and_then(|r| r.beam.as_mut()) {
+                Some(beam) => {
+                    beam.proposals.insert(id, top_logprobs(&row, 2 * beam.params.width));
+                    self.sched.seqs.get_mut(&id).expect("sampled sequence").awaiting_round = true;
+                    rounds.extend(key);
+                }
+                None => {
+                    rest.0.push(id);
+                    rest.1.push(row);
+                }
+            }
+        }
+        rounds.sort_unstable();
+        rounds.dedup();
+        for key in rounds {
+            self.beam_round(key);
+        }
+        rest
+    }
+
+    /// Decides a beam-search round once every live beam has proposed: surviving
+    /// continuations fork their parent (blocks shared copy-on-write), dropped beams free
+    /// theirs; when the search is over the `n` best hypotheses are delivered.
+    fn beam_round(&mut self, key: u64) {
+        let Some(state) = self.requests.get_mut(&key) else { return };
+        let beam = state.beam.as_mut().expect("a beam request");
+        if beam.cumulative.is_empty() || !beam.round_complete() {
+            return;
+        }
+        let first = *beam.cumulative.keys().next().expect("live beams");
+        let (shared, prompt_len) = (self.sched.seqs[&first].shared.clone(), self.sched.seqs[&first].prompt_len);
+        let is_end = |t: u32| !shared.params.ignore_eos && shared.end_tokens.contains(&t);
+        let round = beam.decide(is_end);
+        for &(parent, _, cum) in &round.ended {
+            let seq = &self.sched.seqs[&parent];
+            beam.finished.push(Hypothesis { output: seq.output_tokens().to_vec(), cumulative_logprob: cum,
+                length: seq.tokens.len(), finish: FinishReason::Stop });
+        }
+        let mut children: HashMap<u64, Vec<(u32, f64)>> = HashMap::new();
+        for &(parent, token, cum) in &round.continue_with {
+            children.entry(parent).or_default().push((token, cum));
+        }
+        let live: Vec<u64> = beam.cumulative.keys().copied().collect();
+        beam.cumulative.clear();
+        state.completion_tokens += round.continue_with.len();
+        let mut next = HashMap::new();
+        for parent in live {
+            let Some(list) = children.remove(&parent) else {
+                self.sched.remove(parent);
+                continue;
+            };
+            for &(token, cum) in &list[1..] {
+                let mut child = self.sched.seqs[&parent].fork(0, rng_for(None, 0), vec![]);
+                child.tokens.push(token);
+                next.insert(self.sched.add_fork(parent, child), cum);
+            }
+            let seq = self.sched.seqs.get_mut(&parent).expect("live beam");
+            seq.tokens.push(list[0].0);
+            seq.awaiting_round = false;
+            next.insert(parent, list[0].1);
+        }
+        let live: Vec<(f64, usize)> = next.iter().map(|(id, &c)| (c, self.sched.seqs[id].tokens.len())).collect();
+        let out_len = live.first().map_or(0, |&(_, len)| len - prompt_len);
+        let max_model_len = self.limits.max_model_len;
+        let state = self.requests.get_mut(&key).expect("present");
+        let beam = state.beam.as_mut().expect("a beam request");
+        beam.cumulative = next;
+        let at_limit = live.first().is_some_and(|&(_, len)| out_len >= shared.max_tokens || len >= max_model_len);
+        if !(at_limit || beam.done(&live)) {
+            return;
+        }
+        // Search over: live beams count as hypotheses cut by length, the n best are returned.
+        let live_ids: Vec<u64> = beam.cumulative.keys().copied().collect();
+        for id in &live_ids {
+            let seq = &self.sched.seqs[id];
+            beam.finished.push(Hypothesis { output: seq.output_tokens().to_vec(), cumulative_logprob: beam.cumulative[id],
+                length: seq.tokens.len(), finish: FinishReason::Length });
+        }
+        let lp = beam.params.length_penalty;
+        let mut best = std::mem::take(&mut beam.finished);
+        best.sort_by(|a, b| b.score(lp).total_cmp(&a.score(lp)));
+        best.truncate(shared.params.n);
+        for id in live_ids {
+            self.sched.remove(id);
+        }
+        for (index, h) in best.into_iter().enumerate() {
+            let text = self.tokenizer.decode(&h.output, shared.params.skip_special_tokens).unwrap_or_default();
+            let delta = SequenceDelta { index, text, token_ids: h.output, logprobs: vec![], finish_reason: Some(h.finish),
+                stop_reason: None };
+            self.deliver(key, delta);
+        }
+        self.finish_request_if_done(key);
     }
 
     fn deliver(&mut self, key: u64, delta: SequenceDelta) {

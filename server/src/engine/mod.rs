@@ -1,6 +1,7 @@
 //! The engine thread and the cheap handle callers use to reach it. The thread owns all
 //! inference state; callers only send commands and read per-request event streams.
 
+pub mod beam;
 pub mod block_manager;
 pub mod core;
 pub mod params;

@@ -79,6 +79,18 @@ pub struct SamplingParams {
     /// None: up to the context limit.
     pub max_tokens: Option<usize>,
     pub skip_special_tokens: bool,
+    /// Beam search instead of sampling; `n` of the `width` beams are returned.
+    pub beam: Option<BeamParams>,
+}
+
+/// vLLM's beam search settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BeamParams {
+    pub width: usize,
+    /// Scores are cumulative logprob / length^length_penalty.
+    pub length_penalty: f32,
+    /// Stop as soon as `width` hypotheses have finished (else: once no live beam can beat them).
+    pub early_stopping: bool,
 }
 
 impl Default for SamplingParams {
@@ -102,6 +114,7 @@ impl Default for SamplingParams {
             min_tokens: 0,
             max_tokens: Some(16),
             skip_special_tokens: true,
+            beam: None,
         }
     }
 }
@@ -170,6 +183,15 @@ impl SamplingParams {
         }
         if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(invalid("stop_token_ids", format!("stop_token_ids contains out-of-vocab token id {id}")));
+        }
+        if let Some(b) = &self.beam {
+            if b.width < self.n.max(2) {
+                return Err(invalid("best_of", format!(
+                    "beam search needs a width (best_of / num_beams) of at least 2 and at least n={}, got {}.", self.n, b.width)));
+            }
+            if !b.length_penalty.is_finite() {
+                return Err(invalid("length_penalty", "length_penalty must be finite.".into()));
+            }
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "stop cannot contain an empty string.".into()));

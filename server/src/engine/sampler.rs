@@ -37,6 +37,13 @@ fn top_indices(values: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
+/// The `k` most likely next tokens with their log-probabilities under the raw row, best
+/// first (the candidates a beam expands into).
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let (_, lse) = log_softmax_stats(logits);
+    top_indices(logits, k).into_iter().map(|i| (i, logits[i as usize] - lse)).collect()
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in logits.iter().enumerate() {

@@ -67,12 +67,17 @@ impl Scheduler {
         id
     }
 
-    /// Adds a forked sibling right after `parent` in the running list.
+    /// Adds a forked sibling right after `parent`, in the running list or, for a parent
+    /// that was preempted (a beam), in the waiting queue.
     pub fn add_fork(&mut self, parent: u64, seq: Sequence) -> u64 {
         self.allocator.share(&seq.block_table);
         let id = self.insert(seq);
-        let at = self.running.iter().position(|&s| s == parent).map_or(self.running.len(), |p| p + 1);
-        self.running.insert(at, id);
+        if let Some(p) = self.running.iter().position(|&s| s == parent) {
+            self.running.insert(p + 1, id);
+        } else {
+            let at = self.waiting.iter().position(|&s| s == parent).map_or(self.waiting.len(), |p| p + 1);
+            self.waiting.insert(at, id);
+        }
         id
     }
 
@@ -90,7 +95,13 @@ impl Scheduler {
         let seq = self.seqs.get_mut(&id).expect("running sequence exists");
         self.allocator.free_table(&mut seq.block_table);
         seq.num_computed = 0;
-        self.waiting.push_front(id);
+        // A beam that already proposed keeps its proposal and has nothing to compute
+        // until its round is decided: it queues at the back, not ahead of real work.
+        if seq.awaiting_round {
+            self.waiting.push_back(id);
+        } else {
+            self.waiting.push_front(id);
+        }
         self.num_preemptions += 1;
     }
 
@@ -127,6 +138,9 @@ impl Scheduler {
                 if !self.running.contains(&id) || (seq.num_uncomputed() == 1) != decode_pass {
                     continue;
                 }
+                if seq.awaiting_round {
+                    continue;
+                }
                 let need = seq.num_uncomputed();
                 let n = need.min(budget);
                 let before = self.num_preemptions;
@@ -141,9 +155,29 @@ impl Scheduler {
             }
         }
         // New admissions only when nothing had to be preempted (memory is tight).
-        while !preempted && budget > 0 {
-            let Some(&id) = self.waiting.front() else { break };
+        if !preempted {
+            self.admit(&mut plan, budget);
+        }
+        // Beams parked for their siblings' proposals can hold every block while a sibling
+        // waits for room: release them (their proposals survive) until the queue moves.
+        while plan.scheduled.is_empty() && self.waiting.iter().any(|id| !self.seqs[id].awaiting_round) {
+            let Some(&victim) = self.running.iter().rev().find(|id| self.seqs[*id].awaiting_round) else { break };
+            self.preempt(victim);
+            self.admit(&mut plan, budget);
+        }
+        plan
+    }
+
+    /// Admits waiting sequences in FCFS order while slots, blocks and budget allow.
+    fn admit(&mut self, plan: &mut StepPlan, mut budget: usize) {
+        let mut i = 0;
+        while budget > 0 && i < self.waiting.len() {
+            let id = self.waiting[i];
             let seq = &self.seqs[&id];
+            if seq.awaiting_round {
+                i += 1;
+                continue;
+            }
             if self.running.len() + 1 + seq.pending_forks > self.cfg.max_num_seqs {
                 break;
             }
@@ -154,11 +188,10 @@ impl Scheduler {
             }
             let seq = self.seqs.get_mut(&id).expect("exists");
             plan.copies.extend(self.allocator.append(&mut seq.block_table, seq.num_computed, n));
-            self.waiting.pop_front();
+            self.waiting.remove(i);
             self.running.push(id);
             plan.scheduled.push(Scheduled { seq: id, num_tokens: n, samples: n == need });
             budget -= n;
         }
-        plan
     }
 }

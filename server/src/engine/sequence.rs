@@ -49,6 +49,9 @@ pub struct Sequence {
     pub finished: bool,
     /// Siblings still to be forked from this sequence once its prompt is computed (n > 1).
     pub pending_forks: usize,
+    /// A beam that has proposed this round's continuations and waits for its siblings'
+    /// (beam search): nothing to compute, so it is neither scheduled nor admitted.
+    pub awaiting_round: bool,
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -76,6 +79,7 @@ impl Sequence {
             sent: 0,
             finished: false,
             pending_forks: 0,
+            awaiting_round: false,
         }
     }
 
@@ -96,6 +100,7 @@ impl Sequence {
             sent: self.sent,
             finished: false,
             pending_forks: 0,
+            awaiting_round: false,
         }
     }
 

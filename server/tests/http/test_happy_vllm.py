@@ -160,9 +160,57 @@ def test_best_of_returns_the_most_likely_candidates(server):
     assert post(server, "/v1/completions", dict(base, best_of=3, stream=True)).status_code == 400
 
 
-def test_beam_search_is_refused_clearly_until_built(server):
-    off = {"prompt": "Hi", "max_tokens": 2, "use_beam_search": False, "num_beams": 1}
-    assert post(server, "/v1/completions", off).status_code == 200
-    for body in ({"use_beam_search": True}, {"num_beams": 4}):
-        r = post(server, "/v1/completions", dict(off, **body))
-        assert r.status_code == 400 and "not supported" in r.json()["error"]["message"]
+def reference_beam_search(server, prompt_ids, width, steps):
+    """Plain beam search over the server's own next-token logprobs (each prefix prefilled
+    from scratch): what the engine's copy-on-write beams must reproduce."""
+    beams = [(0.0, [])]
+    for _ in range(steps):
+        candidates = []
+        for cum, out in beams:
+            r = post(server, "/v1/completions", {"prompt": prompt_ids + out, "max_tokens": 1, "temperature": 0,
+                                                 "logprobs": 2 * width, "ignore_eos": True,
+                                                 "return_tokens_as_token_ids": True}).json()
+            top = r["choices"][0]["logprobs"]["top_logprobs"][0]
+            candidates += [(cum + lp, out + [int(t.split(":")[1])]) for t, lp in top.items()]
+        candidates.sort(key=lambda c: -c[0])
+        beams = candidates[:width]
+    return beams
+
+
+def test_beam_search_matches_a_reference_and_is_deterministic(server):
+    prompt_ids = post(server, "/v2/tokenizer", {"prompt": "The best way to learn a language is"}).json()["tokens"]
+    body = {"prompt": prompt_ids, "max_tokens": 5, "n": 3, "use_beam_search": True, "best_of": 4,
+            "ignore_eos": True, "skip_special_tokens": False}
+    got = post(server, "/v1/completions", body).json()
+    texts = [c["text"] for c in got["choices"]]
+    assert len(texts) == 3 and [c["index"] for c in got["choices"]] == [0, 1, 2]
+    assert all(c["finish_reason"] == "length" for c in got["choices"])
+    ref = reference_beam_search(server, prompt_ids, width=4, steps=5)
+    expected = [post(server, "/detokenize", {"tokens": out}).json()["prompt"] for _, out in ref[:3]]
+    assert texts == expected
+    assert post(server, "/v1/completions", body).json()["choices"] == got["choices"]
+    # num_beams is the same width; the generate route and chat take it too.
+    alias = dict(body, num_beams=4)
+    del alias["use_beam_search"], alias["best_of"]
+    assert [c["text"] for c in post(server, "/v1/completions", alias).json()["choices"]] == texts
+    g = post(server, "/v1/generate", {"prompt": "Hello", "max_tokens": 4, "use_beam_search": True, "best_of": 3, "n": 2})
+    assert g.status_code == 200 and len(g.json()["responses"]) == 2
+    c = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6,
+                                              "num_beams": 3, "early_stopping": True})
+    assert c.status_code == 200 and c.json()["choices"][0]["message"]["content"]
+
+
+def test_beam_search_frees_every_block(server):
+    from conftest import gauge, wait_until
+    before = gauge(server.url, "vllm:kv_cache_usage_perc")
+    r = post(server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 40, "use_beam_search": True,
+                                         "best_of": 6, "n": 2})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2
+    wait_until(lambda: gauge(server.url, "vllm:kv_cache_usage_perc") == before, what="blocks freed")
+
+
+def test_beam_search_rejects_bad_widths(server):
+    r = post(server, "/v1/completions", {"prompt": "Hi", "use_beam_search": True, "n": 3, "best_of": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+    r = post(server, "/v1/completions", {"prompt": "Hi", "use_beam_search": True})
+    assert r.status_code == 400
