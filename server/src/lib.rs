@@ -6,4 +6,5 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod model;
+pub mod synth;
 pub mod tokenizer;

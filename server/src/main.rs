@@ -18,6 +18,22 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Generate text for one prompt without HTTP (streams to stdout).
     Generate(GenerateArgs),
+    /// Write a Hugging Face folder with a real architecture's shapes and random weights
+    /// (for benchmarks on machines without the real checkpoint).
+    SynthModel(SynthArgs),
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    #[arg(long, value_enum)]
+    preset: kandle_server::synth::Preset,
+    #[arg(long)]
+    out: std::path::PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Largest safetensors shard in bytes.
+    #[arg(long, default_value_t = 5 << 30)]
+    shard_bytes: usize,
 }
 
 #[derive(clap::Args)]
@@ -113,6 +129,12 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => {
             init_logging(LogFormat::Text);
             generate(args)
+        }
+        Command::SynthModel(a) => {
+            let t0 = std::time::Instant::now();
+            kandle_server::synth::write(a.preset, &a.out, a.seed, a.shard_bytes)?;
+            eprintln!("wrote {} in {:.1}s", a.out.display(), t0.elapsed().as_secs_f64());
+            Ok(())
         }
     }
 }

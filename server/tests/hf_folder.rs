@@ -222,3 +222,27 @@ fn loader_errors_name_the_problem() {
     std::fs::write(dir.path().join("config.json"), config("LlamaForCausalLM").to_string()).unwrap();
     assert!(matches!(err(dir.path()), ModelError::MissingFile(p) if p.ends_with("tokenizer.json")));
 }
+
+#[test]
+fn synthesised_models_load_and_match_the_reference() {
+    use kandle_server::synth::{write, Preset};
+    let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(Preset::TinyLlama, one.path(), 7, 1 << 30).unwrap();
+    write(Preset::TinyLlama, many.path(), 7, 200_000).unwrap();
+    assert!(many.path().join("model.safetensors.index.json").exists());
+    let run = |dir: &Path| {
+        let loaded = load(&options(dir.to_path_buf()));
+        assert_eq!(loaded.tokenizer.eos_token_ids, vec![1023, 1020]);
+        let prompt = loaded.tokenizer.apply_chat_template(&serde_json::json!([{"role": "user", "content": "Hi!"}]), true,
+            &serde_json::Value::Null).unwrap();
+        let prompt = loaded.tokenizer.encode(&prompt, false).unwrap();
+        assert_eq!(prompt[0], 1019, "the template starts with bos");
+        let mut core = engine(loaded, EngineConfig::default());
+        let out = run_schedule(&mut core, vec![(0, GenerateRequest::new("s", prompt.clone(),
+            SamplingParams { max_tokens: Some(12), ignore_eos: true, ..SamplingParams::greedy() }))]);
+        (prompt, out[0].tokens(0))
+    };
+    let (prompt, tokens) = run(one.path());
+    assert_eq!(tokens, reference(one.path(), "LlamaForCausalLM", &prompt, 12));
+    assert_eq!(run(many.path()).1, tokens);
+}

@@ -95,34 +95,69 @@ pub struct EngineCore {
     pub stats: Arc<EngineStats>,
 }
 
+/// Sizes the KV block pool and builds the attention backend for the model's device: on CPU
+/// from `--kv-cache-memory`; on CUDA, like vLLM, from `--gpu-memory-utilization` of the
+/// device's memory minus what the weights took and a workspace for the largest step.
+fn kv_cache(model: &CausalLm, cfg: &EngineConfig, max_model_len: usize)
+    -> Result<(Box<dyn PagedAttention>, usize), EngineError> {
+    let mc = model.config();
+    let elem = if model.device().is_cpu() { 4 } else { model.dtype().size_in_bytes() };
+    let block_bytes = (cfg.block_size * mc.kv_bytes_per_token(elem)) as u64;
+    let (budget, knob) = match model.device() {
+        candle_core::Device::Cpu => (cfg.kv_cache_memory, "raise --kv-cache-memory"),
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(dev) => {
+            let (free, total) = dev.cuda_stream().context().mem_get_info()
+                .map_err(|e| EngineError::Config(format!("querying GPU memory: {e}")))?;
+            // Activations of one full step plus f32 logits rows, twice over for the
+            // allocator's slack, and a fixed reserve for cuBLAS workspaces and the context.
+            let per_token = (6 * mc.hidden_size + 3 * mc.intermediate_size + 2 * (mc.num_heads + 2 * mc.num_kv_heads) * mc.head_dim) * elem;
+            let workspace = 2 * (cfg.max_num_batched_tokens * per_token + cfg.max_num_seqs.min(cfg.max_num_batched_tokens) * mc.vocab_size * 4 * 2)
+                + (1 << 30);
+            let allowed = (total as f64 * cfg.gpu_memory_utilization) as u64;
+            let used = (total - free) as u64;
+            tracing::info!(total_gib = total as f64 / 1073741824.0, used_gib = used as f64 / 1073741824.0,
+                workspace_gib = workspace as f64 / 1073741824.0, "GPU memory before the KV cache");
+            (allowed.saturating_sub(used + workspace as u64), "raise --gpu-memory-utilization")
+        }
+        #[allow(unreachable_patterns)]
+        other => return Err(EngineError::Config(format!("no attention backend for {other:?} in this build"))),
+    };
+    let num_blocks = (budget / block_bytes) as usize;
+    if num_blocks * cfg.block_size < max_model_len {
+        return Err(EngineError::Config(format!(
+            "the KV cache budget ({budget} bytes = {num_blocks} blocks of {} tokens) cannot hold one sequence of \
+             max_model_len={max_model_len} tokens (needs {} bytes); {knob} or lower --max-model-len",
+            cfg.block_size, max_model_len.div_ceil(cfg.block_size) as u64 * block_bytes)));
+    }
+    let shape = KvCacheShape { num_layers: mc.num_layers, num_heads: mc.num_heads, num_kv_heads: mc.num_kv_heads,
+        head_dim: mc.head_dim, block_size: cfg.block_size, num_blocks };
+    let attention: Box<dyn PagedAttention> = match model.device() {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(dev) => Box::new(crate::model::cuda_attention::CudaPagedAttention::new(shape, model.dtype(), dev)
+            .map_err(|e| EngineError::Config(format!("allocating the KV cache on the GPU: {e}")))?),
+        _ => Box::new(CpuPagedAttention::new(shape)),
+    };
+    tracing::info!(num_blocks, block_size = cfg.block_size, kv_cache_gib = (num_blocks as u64 * block_bytes) as f64 / 1073741824.0,
+        "KV cache");
+    Ok((attention, num_blocks))
+}
+
 impl EngineCore {
     pub fn new(loaded: LoadedModel, cfg: &EngineConfig) -> Result<Self, EngineError> {
         let LoadedModel { model, tokenizer, max_model_len, .. } = loaded;
-        if !model.device().is_cpu() {
-            return Err(EngineError::Config(
-                "the paged-attention kernel for CUDA is not built yet; run with --device cpu".into()));
-        }
         if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
             return Err(EngineError::Config("block_size, max_num_seqs and max_num_batched_tokens must be positive".into()));
         }
+        let (attention, num_blocks) = kv_cache(&model, cfg, max_model_len)?;
         let mc = model.config();
-        let block_bytes = (cfg.block_size * mc.kv_bytes_per_token(4)) as u64;
-        let num_blocks = (cfg.kv_cache_memory / block_bytes) as usize;
-        if num_blocks * cfg.block_size < max_model_len {
-            return Err(EngineError::Config(format!(
-                "the KV cache budget ({} bytes = {num_blocks} blocks of {} tokens) cannot hold one sequence of \
-                 max_model_len={max_model_len} tokens (needs {} bytes); raise --kv-cache-memory or lower --max-model-len",
-                cfg.kv_cache_memory, cfg.block_size, max_model_len.div_ceil(cfg.block_size) as u64 * block_bytes)));
-        }
-        let shape = KvCacheShape { num_layers: mc.num_layers, num_heads: mc.num_heads, num_kv_heads: mc.num_kv_heads,
-            head_dim: mc.head_dim, block_size: cfg.block_size, num_blocks };
         let limits = Limits { max_model_len, vocab_size: mc.vocab_size, max_num_seqs: cfg.max_num_seqs };
         let stats = Arc::new(EngineStats::default());
         stats.set_kv_blocks(0, num_blocks);
         stats.set_block_size(cfg.block_size);
         Ok(Self {
             model,
-            attention: Box::new(CpuPagedAttention::new(shape)),
+            attention,
             tokenizer: Arc::new(tokenizer),
             sched: Scheduler::new(
                 SchedulerConfig { max_num_seqs: cfg.max_num_seqs, max_num_batched_tokens: cfg.max_num_batched_tokens },

@@ -2,6 +2,8 @@
 
 pub mod attention;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_attention;
 pub mod quant_matmul;
 pub mod transformer;
 pub mod weights;
@@ -72,7 +74,8 @@ pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
             if !candle_core::utils::cuda_is_available() {
                 return Err(ModelError::Device(s.into(), "this build has no CUDA support (build with --features cuda)".into()));
             }
-            Device::new_cuda(ordinal).map_err(|e| ModelError::Device(s.into(), e.to_string()))
+            // A dedicated stream: the model is loaded on one thread and run on the engine's.
+            Device::new_cuda_with_stream(ordinal).map_err(|e| ModelError::Device(s.into(), e.to_string()))
         }
         other => Err(ModelError::Device(other.into(), "expected cpu, cuda or cuda:N".into())),
     }

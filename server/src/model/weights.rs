@@ -179,7 +179,8 @@ impl WeightSource for GgufSource {
         if self.dequantize {
             let t = q.dequantize(&self.device).and_then(|t| t.to_dtype(self.dtype)).map_err(err)?;
             Ok(Weight::Candle(QMatMul::Tensor(t)))
-        } else if let Some(m) = super::quant_matmul::QuantMatrix::from_qtensor(&q).map_err(err)? {
+        } else if let Some(m) = self.device.is_cpu().then(|| super::quant_matmul::QuantMatrix::from_qtensor(&q))
+            .transpose().map_err(err)?.flatten() {
             Ok(Weight::Quant(m))
         } else {
             QMatMul::from_arc(Arc::new(q)).map(Weight::Candle).map_err(err)

@@ -1,0 +1,181 @@
+//! [`PagedAttention`] on NVIDIA GPUs: K/V blocks live in device memory in the model's dtype
+//! and are written and read by our own kernels (`server/kernels/paged_attention.cu`,
+//! compiled to PTX by build.rs). One launch per layer covers the whole flattened batch,
+//! prefill chunks and decodes alike, and never materialises a score matrix.
+
+use super::attention::{AttentionMetadata, KvCacheShape, PagedAttention};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
+    PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
+use std::sync::Arc;
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Result, Storage, Tensor};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
+const THREADS: u32 = 256;
+
+/// This step's metadata on the device: uploaded by layer 0, reused by the others.
+struct StepMeta {
+    slots: CudaSlice<i64>,
+    block_tables: CudaSlice<u32>,
+    table_offsets: CudaSlice<u32>,
+    ctx_lens: CudaSlice<u32>,
+}
+
+pub struct CudaPagedAttention {
+    shape: KvCacheShape,
+    dtype: DType,
+    dev: CudaDevice,
+    stream: Arc<CudaStream>,
+    write_kv: CudaFunction,
+    attend: CudaFunction,
+    copy: CudaFunction,
+    /// Per layer `[num_blocks * block_size, kv_heads, head_dim]` of `dtype`, as raw bytes.
+    k: Vec<CudaSlice<u8>>,
+    v: Vec<CudaSlice<u8>>,
+    meta: Option<StepMeta>,
+}
+
+fn suffix(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        other => candle_core::bail!("paged attention (cuda) does not support {other:?}"),
+    })
+}
+
+impl CudaPagedAttention {
+    /// Allocates the whole cache up front (like vLLM), so running out of memory happens at
+    /// startup, not under load.
+    pub fn new(shape: KvCacheShape, dtype: DType, dev: &CudaDevice) -> Result<Self> {
+        suffix(dtype)?;
+        if ![64, 128, 256].contains(&shape.head_dim) {
+            candle_core::bail!("paged attention (cuda) supports head_dim 64, 128 and 256, not {}", shape.head_dim)
+        }
+        let bytes = shape.num_blocks * shape.block_size * shape.num_kv_heads * shape.head_dim * dtype.size_in_bytes();
+        let alloc = || (0..shape.num_layers).map(|_| dev.alloc_zeros::<u8>(bytes)).collect::<Result<Vec<_>>>();
+        let (k, v) = (alloc()?, alloc()?);
+        let stream = dev.cuda_stream();
+        let module = stream.context().load_module(Ptx::from_src(PTX)).w()?;
+        let sfx = suffix(dtype)?;
+        let func = |name: String| module.load_function(&name).w();
+        Ok(Self {
+            write_kv: func(format!("write_kv_{sfx}"))?,
+            attend: func(format!("paged_attention_{sfx}_hd{}", shape.head_dim))?,
+            copy: func(format!("copy_blocks_{sfx}"))?,
+            shape, dtype, dev: dev.clone(), stream, k, v, meta: None,
+        })
+    }
+
+    fn upload(&self, meta: &AttentionMetadata) -> Result<StepMeta> {
+        let mut block_tables = vec![];
+        let (mut table_offsets, mut ctx_lens) = (vec![], vec![]);
+        for seq in &meta.seqs {
+            let offset = block_tables.len() as u32;
+            block_tables.extend_from_slice(&seq.block_table);
+            for i in 0..seq.query_len {
+                table_offsets.push(offset);
+                // Causal: query i of this chunk sees the keys up to and including itself.
+                ctx_lens.push((seq.context_len - seq.query_len + i + 1) as u32);
+            }
+        }
+        if block_tables.is_empty() {
+            block_tables.push(0);
+        }
+        let slots: Vec<i64> = meta.slot_mapping.iter().map(|&s| s as i64).collect();
+        let stream = &self.stream;
+        Ok(StepMeta {
+            slots: stream.clone_htod(&slots).w()?,
+            block_tables: stream.clone_htod(&block_tables).w()?,
+            table_offsets: stream.clone_htod(&table_offsets).w()?,
+            ctx_lens: stream.clone_htod(&ctx_lens).w()?,
+        })
+    }
+
+    fn forward_t<T: CudaDType + DeviceRepr>(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, n_tokens: usize)
+        -> Result<Tensor> {
+        let KvCacheShape { num_heads, num_kv_heads, head_dim, block_size, .. } = self.shape;
+        let meta = self.meta.as_ref().expect("uploaded at layer 0");
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (qd, kd, vd) = (view::<T>(&qs, ql)?, view::<T>(&ks, kl)?, view::<T>(&vs, vl)?);
+        let row = (num_kv_heads * head_dim) as i32;
+
+        let mut b = self.stream.launch_builder(&self.write_kv);
+        b.arg(&kd).arg(&vd).arg(&mut self.k[layer]).arg(&mut self.v[layer]).arg(&meta.slots).arg(&row);
+        let cfg = LaunchConfig { grid_dim: (n_tokens as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.w()?;
+
+        let mut out = unsafe { self.dev.alloc::<T>(n_tokens * num_heads * head_dim) }?;
+        let (nh, nkv, bs) = (num_heads as i32, num_kv_heads as i32, block_size as i32);
+        let scale = 1.0f32 / (head_dim as f32).sqrt();
+        let mut b = self.stream.launch_builder(&self.attend);
+        b.arg(&mut out).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
+            .arg(&meta.table_offsets).arg(&meta.ctx_lens).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
+        let cfg = LaunchConfig { grid_dim: (num_heads as u32, n_tokens as u32, 1), block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.w()?;
+        drop((qd, kd, vd));
+        drop((qs, ks, vs));
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, self.dev.clone()));
+        Ok(Tensor::from_storage(storage, (n_tokens, num_heads * head_dim), BackpropOp::none(), false))
+    }
+}
+
+/// A contiguous CUDA tensor's elements as a typed view (no copy).
+fn view<'a, T: CudaDType>(s: &'a Storage, l: &candle_core::Layout) -> Result<CudaView<'a, T>> {
+    let Storage::Cuda(cs) = s else { candle_core::bail!("paged attention (cuda) got a host tensor") };
+    if !l.is_contiguous() {
+        candle_core::bail!("paged attention (cuda) needs contiguous q/k/v")
+    }
+    Ok(cs.as_cuda_slice::<T>()?.slice(l.start_offset()..))
+}
+
+impl PagedAttention for CudaPagedAttention {
+    fn forward(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, meta: &AttentionMetadata)
+        -> Result<Tensor> {
+        let n_tokens = meta.slot_mapping.len();
+        if layer == 0 || self.meta.is_none() {
+            self.meta = Some(self.upload(meta)?);
+        }
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
+            if t.dtype() != self.dtype || t.dim(0)? != n_tokens {
+                candle_core::bail!("paged attention (cuda): {name} is {:?} {:?}, expected {:?} with {n_tokens} rows",
+                    t.dtype(), t.shape(), self.dtype)
+            }
+        }
+        match self.dtype {
+            DType::F32 => self.forward_t::<f32>(layer, q, k, v, n_tokens),
+            DType::F16 => self.forward_t::<half::f16>(layer, q, k, v, n_tokens),
+            _ => self.forward_t::<half::bf16>(layer, q, k, v, n_tokens),
+        }
+    }
+
+    fn copy_blocks(&mut self, copies: &[(u32, u32)]) -> Result<()> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let KvCacheShape { num_kv_heads, head_dim, block_size, .. } = self.shape;
+        let pairs: Vec<u32> = copies.iter().flat_map(|&(s, d)| [s, d]).collect();
+        let pairs = self.stream.clone_htod(&pairs).w()?;
+        let block_elems = (block_size * num_kv_heads * head_dim) as i64;
+        let cfg = LaunchConfig { grid_dim: (copies.len() as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        for cache in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let mut b = self.stream.launch_builder(&self.copy);
+            b.arg(cache).arg(&pairs).arg(&block_elems);
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok(())
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.shape.num_blocks
+    }
+
+    fn block_size(&self) -> usize {
+        self.shape.block_size
+    }
+}
