@@ -44,18 +44,22 @@ def one(url, model, prompt, output_len):
     r = conn.getresponse()
     if r.status != 200:
         raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
-    ttft, tokens = None, 0
+    ttft, tokens, arrivals = None, 0, []
     for line in r:
         if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
             continue
+        now = time.perf_counter()
         if ttft is None:
-            ttft = time.perf_counter() - start
-        if b'"usage"' in line:
+            ttft = now - start
+        if b'"usage"' in line and json.loads(line[6:]).get("usage"):
             tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+        else:
+            arrivals.append(now)
     e2e = time.perf_counter() - start
     conn.close()
     tpot = (e2e - ttft) / (tokens - 1) if tokens > 1 and ttft is not None else None
-    return ttft, tpot, tokens, e2e
+    itls = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return ttft, tpot, tokens, e2e, itls
 
 
 def level(url, model, prompts, concurrency, output_len):
@@ -65,9 +69,12 @@ def level(url, model, prompts, concurrency, output_len):
     duration = time.perf_counter() - start
     ttfts = [r[0] * 1e3 for r in results if r[0] is not None]
     tpots = [r[1] * 1e3 for r in results if r[1] is not None]
+    itls = [x * 1e3 for r in results for x in r[4]]
     out_tokens = sum(r[2] for r in results)
     return {
+        "concurrency": concurrency, "requests": len(prompts),
         "output_tok_s": round(out_tokens / duration, 1),
+        "itl_ms_p50": round(pct(itls, 50), 2), "itl_ms_p99": round(pct(itls, 99), 2),
         "ttft_ms_p50": round(pct(ttfts, 50), 1), "ttft_ms_p99": round(pct(ttfts, 99), 1),
         "tpot_ms_p50": round(pct(tpots, 50), 2), "tpot_ms_p99": round(pct(tpots, 99), 2),
         "mean_tpot_ms": round(statistics.mean(tpots), 2) if tpots else None,
@@ -86,6 +93,7 @@ def main():
     ap.add_argument("--token-range", type=int, nargs=2, default=[1000, 40000],
                     help="prompt token ids are drawn uniformly from this range (avoids special tokens)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the results to this file as JSON")
     args = ap.parse_args()
     if args.model is None:
         u = urlparse(args.url)
@@ -96,14 +104,20 @@ def main():
     rng = random.Random(args.seed)
     # Warm-up request, not measured.
     level(args.url, model, [[rng.randrange(*args.token_range) for _ in range(16)]], 1, 4)
-    print("| concurrency | requests | output tok/s | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) |")
-    print("|---|---|---|---|---|")
+    print("| concurrency | requests | output tok/s | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | ITL p50 / p99 (ms) |")
+    print("|---|---|---|---|---|---|")
+    results = []
     for c in args.concurrency:
         n = max(args.min_requests, args.requests_per_slot * c)
         prompts = [[rng.randrange(*args.token_range) for _ in range(args.input_len)] for _ in range(n)]
         r = level(args.url, model, prompts, c, args.output_len)
+        results.append(r)
         print(f"| {c} | {n} | {r['output_tok_s']} | {r['ttft_ms_p50']} / {r['ttft_ms_p99']} | "
-              f"{r['tpot_ms_p50']} / {r['tpot_ms_p99']} |", flush=True)
+              f"{r['tpot_ms_p50']} / {r['tpot_ms_p99']} | {r['itl_ms_p50']} / {r['itl_ms_p99']} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": model, "input_len": args.input_len, "output_len": args.output_len,
+                       "levels": results}, f, indent=2)
 
 
 if __name__ == "__main__":

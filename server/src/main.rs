@@ -59,6 +59,9 @@ struct GenerateArgs {
     seed: Option<u64>,
     #[arg(long)]
     stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (fixed-length runs for timing).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -81,21 +84,28 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         top_k: args.top_k,
         seed: args.seed,
         stop: args.stop,
+        ignore_eos: args.ignore_eos,
         ..SamplingParams::default()
     };
     let engine = EngineHandle::spawn(core);
     let mut stream = engine.submit(GenerateRequest::new("cli-0", ids, params))?;
     let start = std::time::Instant::now();
     let mut out = std::io::stdout();
+    let mut first_token = None;
     while let Some(ev) = stream.blocking_recv() {
         match ev {
             RequestEvent::Delta(d) => {
+                first_token.get_or_insert_with(|| start.elapsed().as_secs_f64());
                 write!(out, "{}", d.text)?;
                 out.flush()?;
             }
             RequestEvent::Finished { usage, .. } => {
                 let secs = start.elapsed().as_secs_f64();
-                eprintln!("\n[{} prompt + {} generated tokens in {secs:.2}s]", usage.prompt_tokens, usage.completion_tokens);
+                let ttft = first_token.unwrap_or(secs);
+                // Batch-1 decode time per token: everything after the first token.
+                let decode_ms = (secs - ttft) * 1e3 / (usage.completion_tokens.max(2) - 1) as f64;
+                eprintln!("\n[{} prompt + {} generated tokens in {secs:.2}s; first token {:.1} ms; decode {decode_ms:.2} ms/token]",
+                    usage.prompt_tokens, usage.completion_tokens, ttft * 1e3);
                 return Ok(());
             }
             RequestEvent::Error(e) => anyhow::bail!(e),

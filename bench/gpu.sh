@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# GPU checks and benchmark, meant for one `device` call on the H100 machine (no Rust, no
+# network there). Build here first (see ../shared/gpu/README.md):
+#
+#   CARGO_TARGET_DIR=target/cuda RUSTFLAGS="-C target-cpu=x86-64-v3" \
+#     ../shared/gpu/build-cuda.sh . kandle-server --features cuda
+#   mkdir -p .devbin && gzip -c target/cuda/cuda-dist/kandle-server > .devbin/kandle-server.gz
+#
+# then, on the GPU machine (carry .devbin):
+#
+#   bench/gpu.sh equal MODEL.gguf    # greedy on CUDA f32 == CPU f32, and bf16 vs f32
+#   bench/gpu.sh bench PRESET...     # synth-model + serving benchmark per preset
+#
+# Results go to $OUT (or ./gpu-results): JSON per preset and a markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-results}
+mkdir -p "$OUT"
+SP=$(ls -d /opt/torch/.venv/lib/python3*/site-packages 2>/dev/null | head -1 || true)
+[ -n "$SP" ] && export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+PY=$( [ -x /opt/torch/.venv/bin/python ] && echo /opt/torch/.venv/bin/python || echo python3)
+export CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-/tmp/cuda-cache}
+BIN=${KANDLE_BIN:-/tmp/kandle-server}
+if [ ! -x "$BIN" ]; then
+  gunzip -c .devbin/kandle-server.gz > "$BIN" && chmod +x "$BIN"
+fi
+MODELS=${MODELS:-/tmp/kandle-models}
+PROMPT="The history of the printing press begins in the fifteenth century, when Johannes Gutenberg"
+
+gen() { # model device dtype extra... → stdout text; timing line on stderr
+  local model=$1 device=$2 dtype=$3; shift 3
+  "$BIN" generate --model "$model" --device "$device" --dtype "$dtype" --prompt "$PROMPT" \
+    --max-tokens 64 --ignore-eos --max-model-len 1024 "$@"
+}
+
+case "${1:-}" in
+equal)
+  model=$2
+  gen "$model" cpu f32 --dequantize > "$OUT/cpu-f32.txt" 2> "$OUT/cpu-f32.log"
+  gen "$model" cuda f32 --dequantize > "$OUT/cuda-f32.txt" 2> "$OUT/cuda-f32.log"
+  gen "$model" cuda bf16 --dequantize > "$OUT/cuda-bf16.txt" 2> "$OUT/cuda-bf16.log"
+  tail -n1 "$OUT"/*.log
+  if cmp -s "$OUT/cpu-f32.txt" "$OUT/cuda-f32.txt"; then echo "EQUAL: CUDA f32 == CPU f32"; else
+    echo "DIFFERENT: CUDA f32 != CPU f32"; diff <(fold -w 60 "$OUT/cpu-f32.txt") <(fold -w 60 "$OUT/cuda-f32.txt") || true; fi
+  "$PY" - "$OUT/cpu-f32.txt" "$OUT/cuda-bf16.txt" <<'EOF'
+import sys
+a, b = open(sys.argv[1]).read(), open(sys.argv[2]).read()
+n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+print(f"bf16 vs f32: first {n} of {len(a)} characters agree")
+EOF
+  ;;
+bench)
+  shift
+  for preset in "$@"; do
+    dir=$MODELS/$preset
+    [ -f "$dir/config.json" ] || "$BIN" synth-model --preset "$preset" --out "$dir"
+    # Engine alone, batch 1: decode time per token.
+    gen "$dir" cuda bf16 > /dev/null 2> "$OUT/$preset-generate.log" || { cat "$OUT/$preset-generate.log"; exit 1; }
+    tail -n1 "$OUT/$preset-generate.log"
+    "$BIN" serve --model "$dir" --device cuda --port 8011 --max-model-len 4096 --max-num-seqs 256 \
+      --max-num-batched-tokens 8192 > "$OUT/$preset-server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do
+      curl -sf localhost:8011/readiness | grep -q '"ok"' && break
+      kill -0 $pid 2>/dev/null || { tail -30 "$OUT/$preset-server.log"; exit 1; }
+      sleep 0.5
+    done
+    "$PY" bench/serve.py --url http://127.0.0.1:8011 --concurrency ${CONCURRENCY:-1 4 16 64 256} \
+      --input-len ${INPUT_LEN:-512} --output-len ${OUTPUT_LEN:-128} --requests-per-slot 2 --min-requests 4 \
+      --json "$OUT/$preset.json" | tee "$OUT/$preset.md"
+    kill $pid; wait $pid || true
+  done
+  ;;
+*)
+  echo "usage: bench/gpu.sh equal MODEL.gguf | bench PRESET..." >&2; exit 2 ;;
+esac
