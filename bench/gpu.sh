@@ -30,7 +30,7 @@ PROMPT="The history of the printing press begins in the fifteenth century, when 
 gen() { # model device dtype extra... → stdout text; timing line on stderr
   local model=$1 device=$2 dtype=$3; shift 3
   "$BIN" generate --model "$model" --device "$device" --dtype "$dtype" --prompt "$PROMPT" \
-    --max-tokens 64 --ignore-eos --max-model-len 1024 "$@"
+    --max-tokens "${MAXTOK:-64}" --ignore-eos --max-model-len 4096 "$@"
 }
 
 case "${1:-}" in
@@ -57,6 +57,10 @@ bench)
     # Engine alone, batch 1: decode time per token.
     gen "$dir" cuda bf16 > /dev/null 2> "$OUT/$preset-generate.log" || { cat "$OUT/$preset-generate.log"; exit 1; }
     tail -n1 "$OUT/$preset-generate.log"
+    # Prefill: one long prompt (~2,000 tokens with the synthetic tokenizer), first token.
+    PROMPT=$(for _ in $(seq 40); do printf '%s ' "$PROMPT"; done) MAXTOK=2 gen "$dir" cuda bf16 \
+      --max-num-batched-tokens 8192 > /dev/null 2> "$OUT/$preset-prefill.log"
+    echo "prefill: $(tail -n1 "$OUT/$preset-prefill.log")"
     "$BIN" serve --model "$dir" --device cuda --port 8011 --max-model-len 4096 --max-num-seqs 256 \
       --max-num-batched-tokens 8192 > "$OUT/$preset-server.log" 2>&1 &
     pid=$!

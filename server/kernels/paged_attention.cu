@@ -28,17 +28,18 @@ __device__ void write_kv(const T* __restrict__ k, const T* __restrict__ v, T* __
   }
 }
 
-// One thread block per (head, query token). Each warp walks every WARPS-th key with an
+// Decode kernel. One thread block per (head, query token in `tokens`). Each warp walks every WARPS-th key with an
 // online softmax (the score matrix is never stored); lanes split head_dim, so a warp reads
 // one key row in a single coalesced access. Warps merge their partial results at the end.
 template <typename T, int HD, int WARPS>
 __device__ void attend(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
                        const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                        const uint32_t* __restrict__ table_offsets, const uint32_t* __restrict__ ctx_lens,
-                       int num_heads, int num_kv_heads, int block_size, float scale) {
+                       const uint32_t* __restrict__ tokens, int num_heads, int num_kv_heads, int block_size,
+                       float scale) {
   constexpr int EPL = HD / 32;  // head_dim elements per lane
   const int h = blockIdx.x;
-  const int64_t t = blockIdx.y;
+  const int64_t t = tokens[blockIdx.y];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvh = h / (num_heads / num_kv_heads);
   const int ctx = ctx_lens[t];
@@ -54,23 +55,41 @@ __device__ void attend(T* __restrict__ out, const T* __restrict__ q, const T* __
 #pragma unroll
   for (int e = 0; e < EPL; e++) acc[e] = 0.f;
 
-  for (int j = warp; j < ctx; j += WARPS) {
-    const int64_t slot = (int64_t)table[j / block_size] * block_size + j % block_size;
-    const int64_t base = slot * row + kvh * HD + lane * EPL;
-    float kv[EPL], vv[EPL];
+  // Four keys per iteration: their loads are all in flight before the first is used.
+  constexpr int U = 4;
+  for (int j0 = warp * U; j0 < ctx; j0 += WARPS * U) {
+    float s[U], vv[U][EPL];
 #pragma unroll
-    for (int e = 0; e < EPL; e++) { kv[e] = to_f(k_cache[base + e]); vv[e] = to_f(v_cache[base + e]); }
-    float s = 0.f;
+    for (int u = 0; u < U; u++) {
+      const int j = min(j0 + u, ctx - 1);
+      const int64_t slot = (int64_t)table[j / block_size] * block_size + j % block_size;
+      const int64_t base = slot * row + kvh * HD + lane * EPL;
+      s[u] = 0.f;
 #pragma unroll
-    for (int e = 0; e < EPL; e++) s += qv[e] * kv[e];
+      for (int e = 0; e < EPL; e++) { s[u] += qv[e] * to_f(k_cache[base + e]); vv[u][e] = to_f(v_cache[base + e]); }
+    }
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-    const float m_new = fmaxf(m, s);
+    for (int off = 16; off > 0; off /= 2) {
+#pragma unroll
+      for (int u = 0; u < U; u++) s[u] += __shfl_xor_sync(0xffffffffu, s[u], off);
+    }
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      if (j0 + u >= ctx) s[u] = -INFINITY;
+      m_new = fmaxf(m_new, s[u]);
+    }
     const float corr = __expf(m - m_new);
-    const float p = __expf(s - m_new);
-    l = l * corr + p;
+    l *= corr;
 #pragma unroll
-    for (int e = 0; e < EPL; e++) acc[e] = acc[e] * corr + p * vv[e];
+    for (int e = 0; e < EPL; e++) acc[e] *= corr;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const float p = __expf(s[u] - m_new);
+      l += p;
+#pragma unroll
+      for (int e = 0; e < EPL; e++) acc[e] += p * vv[u][e];
+    }
     m = m_new;
   }
 
@@ -99,6 +118,131 @@ __device__ void attend(T* __restrict__ out, const T* __restrict__ q, const T* __
   for (int e = 0; e < EPL; e++) op[e] = from_f<T>(o[e] / total);
 }
 
+// Prefill kernel: one thread block per (kv head, tile of consecutive query tokens of one
+// sequence). The block's rows are (token, head of the kv group) pairs, 8 per warp, so every
+// K/V tile staged in shared memory serves up to 32 query rows (the query heads of a GQA
+// group share their keys). Lane j scores key j of a 32-key tile against all 8 rows of its
+// warp at once (one K read feeds 8 rows); P goes through shared memory so each lane then
+// accumulates its own head_dim slice of P·V for 8 rows per V read. Online softmax, causal.
+template <typename T, int HD>
+__device__ void attend_tiled(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
+                             const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+                             const uint32_t* __restrict__ tiles, int num_heads, int num_kv_heads, int block_size,
+                             float scale) {
+  constexpr int WARPS = 4, ROWS = 8, TK = 32, EPL = HD / 32, KP = HD + 4;
+  // Dynamic shared memory, sized by the host: 4 * (TK * KP + TK * HD + WARPS * ROWS * (HD + TK)) bytes.
+  extern __shared__ float4 smem4[];
+  float* s_k = reinterpret_cast<float*>(smem4);  // [TK][KP]: float4 rows, conflict-free per quarter warp
+  float* s_v = s_k + TK * KP;                     // [TK][HD]
+  float* s_q = s_v + TK * HD;                     // [WARPS * ROWS][HD], pre-scaled
+  float* s_p = s_q + WARPS * ROWS * HD;           // [WARPS * ROWS][TK]
+  const int kvh = blockIdx.x;
+  const uint32_t* tile = tiles + 4 * blockIdx.y;  // first token, tokens, table offset, ctx of first
+  const int64_t t0 = tile[0];
+  const int n_tok = tile[1];
+  const uint32_t* table = block_tables + tile[2];
+  const int ctx0 = tile[3];
+  const int group = num_heads / num_kv_heads;
+  const int rows = n_tok * group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row_stride = (int64_t)num_kv_heads * HD;
+
+  for (int i = threadIdx.x; i < WARPS * ROWS * HD; i += blockDim.x) {
+    const int r = i / HD, d = i % HD;
+    const int h = kvh * group + r % group;
+    s_q[i] = r < rows ? to_f(q[((t0 + r / group) * num_heads + h) * HD + d]) * scale : 0.f;
+  }
+  float m[ROWS], l[ROWS], acc[ROWS][EPL];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) {
+    m[r] = -INFINITY; l[r] = 0.f;
+#pragma unroll
+    for (int e = 0; e < EPL; e++) acc[r][e] = 0.f;
+  }
+  const int ctx_max = ctx0 + n_tok - 1;  // keys the tile's last token sees
+  const int last_row = min(rows, (warp + 1) * ROWS) - 1;
+  const int warp_ctx = last_row >= warp * ROWS ? ctx0 + last_row / group : 0;  // keys this warp needs
+  for (int k0 = 0; k0 < ctx_max; k0 += TK) {
+    __syncthreads();  // the previous tile is consumed (and s_q is written, the first time)
+    for (int i = threadIdx.x; i < TK * HD; i += blockDim.x) {
+      const int j = i / HD, d = i % HD, key = k0 + j;
+      float kx = 0.f, vx = 0.f;
+      if (key < ctx_max) {
+        const int64_t slot = (int64_t)table[key / block_size] * block_size + key % block_size;
+        kx = to_f(k_cache[slot * row_stride + kvh * HD + d]);
+        vx = to_f(v_cache[slot * row_stride + kvh * HD + d]);
+      }
+      s_k[j * KP + d] = kx;
+      s_v[j * HD + d] = vx;
+    }
+    __syncthreads();
+    if (k0 >= warp_ctx) continue;  // causal: nothing in this tile for this warp's rows
+    float s[ROWS];
+#pragma unroll
+    for (int rr = 0; rr < ROWS; rr++) s[rr] = 0.f;
+    const float4* kr = reinterpret_cast<const float4*>(s_k + lane * KP);
+    const float4* qr = reinterpret_cast<const float4*>(s_q + warp * ROWS * HD);
+#pragma unroll 4
+    for (int d4 = 0; d4 < HD / 4; d4++) {
+      const float4 k = kr[d4];
+#pragma unroll
+      for (int rr = 0; rr < ROWS; rr++) {
+        const float4 x = qr[rr * (HD / 4) + d4];
+        s[rr] += x.x * k.x + x.y * k.y + x.z * k.z + x.w * k.w;
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < ROWS; rr++) {
+      const int r = warp * ROWS + rr;
+      const int ctx = ctx0 + r / group;  // this row sees keys < ctx
+      const float sc = (r < rows && k0 + lane < ctx) ? s[rr] : -INFINITY;
+      float mx = sc;
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_new = fmaxf(m[rr], mx);
+      const float corr = m_new == -INFINITY ? 1.f : __expf(m[rr] - m_new);
+      const float p = sc == -INFINITY ? 0.f : __expf(sc - m_new);
+      float psum = p;
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+      l[rr] = l[rr] * corr + psum;
+      m[rr] = m_new;
+#pragma unroll
+      for (int e = 0; e < EPL; e++) acc[rr][e] *= corr;
+      s_p[r * TK + lane] = p;
+    }
+    __syncwarp();
+    const float4* pr4 = reinterpret_cast<const float4*>(s_p + warp * ROWS * TK);
+#pragma unroll 2
+    for (int j4 = 0; j4 < TK / 4; j4++) {
+      float4 pr[ROWS];
+#pragma unroll
+      for (int rr = 0; rr < ROWS; rr++) pr[rr] = pr4[rr * (TK / 4) + j4];
+#pragma unroll
+      for (int jj = 0; jj < 4; jj++) {
+        float v[EPL];
+#pragma unroll
+        for (int e = 0; e < EPL; e++) v[e] = s_v[(j4 * 4 + jj) * HD + lane + 32 * e];
+#pragma unroll
+        for (int rr = 0; rr < ROWS; rr++) {
+          const float pj = jj == 0 ? pr[rr].x : jj == 1 ? pr[rr].y : jj == 2 ? pr[rr].z : pr[rr].w;
+#pragma unroll
+          for (int e = 0; e < EPL; e++) acc[rr][e] += pj * v[e];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int rr = 0; rr < ROWS; rr++) {
+    const int r = warp * ROWS + rr;
+    if (r >= rows) break;
+    const int h = kvh * group + r % group;
+    T* op = out + ((t0 + r / group) * num_heads + h) * HD;
+#pragma unroll
+    for (int e = 0; e < EPL; e++) op[lane + 32 * e] = from_f<T>(acc[rr][e] / l[rr]);
+  }
+}
+
 // Copies whole blocks (src, dst pairs) of one layer's cache: copy-on-write of shared blocks.
 template <typename T>
 __device__ void copy_blocks(T* __restrict__ cache, const uint32_t* __restrict__ pairs, int64_t block_elems) {
@@ -109,10 +253,17 @@ __device__ void copy_blocks(T* __restrict__ cache, const uint32_t* __restrict__ 
 #define ATTEND(T, NAME, HD)                                                                                    \
   extern "C" __global__ void __launch_bounds__(256) paged_attention_##NAME##_hd##HD(                          \
       T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,                   \
-      const uint32_t* table_offsets, const uint32_t* ctx_lens, int num_heads, int num_kv_heads, int block_size, \
-      float scale) {                                                                                           \
-    attend<T, HD, 8>(out, q, k_cache, v_cache, block_tables, table_offsets, ctx_lens, num_heads, num_kv_heads,  \
-                     block_size, scale);                                                                       \
+      const uint32_t* table_offsets, const uint32_t* ctx_lens, const uint32_t* tokens, int num_heads,            \
+      int num_kv_heads, int block_size, float scale) {                                                         \
+    attend<T, HD, 8>(out, q, k_cache, v_cache, block_tables, table_offsets, ctx_lens, tokens, num_heads,        \
+                     num_kv_heads, block_size, scale);                                                         \
+  }
+
+#define TILED(T, NAME, HD)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(128) paged_prefill_##NAME##_hd##HD(                           \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables, const uint32_t* tiles, \
+      int num_heads, int num_kv_heads, int block_size, float scale) {                                         \
+    attend_tiled<T, HD>(out, q, k_cache, v_cache, block_tables, tiles, num_heads, num_kv_heads, block_size, scale); \
   }
 
 #define KERNELS(T, NAME)                                                                                     \
@@ -125,7 +276,9 @@ __device__ void copy_blocks(T* __restrict__ cache, const uint32_t* __restrict__ 
   }                                                                                                          \
   ATTEND(T, NAME, 64)                                                                                        \
   ATTEND(T, NAME, 128)                                                                                       \
-  ATTEND(T, NAME, 256)
+  ATTEND(T, NAME, 256)                                                                                       \
+  TILED(T, NAME, 64)                                                                                         \
+  TILED(T, NAME, 128)
 
 KERNELS(float, f32)
 KERNELS(__half, f16)

@@ -187,6 +187,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(Ok(serving)) => {
                 let engine = serving.engine.clone();
                 loader_state.install(serving);
+                tracing::info!("warming up (on a fresh GPU machine the driver first compiles the kernels: ~20 s)");
                 warm_up(&engine).await
             }
             Ok(Err(e)) => Err(e),

@@ -5,7 +5,7 @@
 use super::beam::{BeamState, Hypothesis};
 use super::block_manager::BlockAllocator;
 use super::params::{EngineError, FinishReason, GenerateRequest, LogitsProcessorFactory, RequestEvent, SequenceDelta, Usage};
-use super::sampler::{sample, top_logprobs, SamplerState};
+use super::sampler::{is_plain_argmax, sample, top_logprobs, Row, SamplerState};
 use super::scheduler::{Scheduler, SchedulerConfig, StepPlan};
 use super::sequence::{RequestShared, Sequence};
 use super::stats::EngineStats;
@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use candle_core::Tensor;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -279,7 +280,7 @@ impl EngineCore {
             }
         }
         let logits = self.model.forward(&batch, self.attention.as_mut())?;
-        let rows = if samplers.is_empty() { vec![] } else { logits.to_vec2::<f32>()? };
+        let rows = self.fetch_rows(&logits, &samplers)?;
         for s in &plan.scheduled {
             if let Some(seq) = self.sched.seqs.get_mut(&s.seq) {
                 seq.num_computed += s.num_tokens;
@@ -290,11 +291,39 @@ impl EngineCore {
         Ok(())
     }
 
-    fn sample_and_emit(&mut self, samplers: Vec<u64>, rows: Vec<Vec<f32>>) {
+    /// Brings the sampling rows to the host. On a GPU, rows whose next token is a plain
+    /// argmax are reduced there and only their ids are copied: a full f32 row is 0.5 MB
+    /// for a 128k vocabulary, hundreds of them per step at high concurrency.
+    fn fetch_rows(&self, logits: &Tensor, samplers: &[u64]) -> candle_core::Result<Vec<Row>> {
+        if samplers.is_empty() {
+            return Ok(vec![]);
+        }
+        if logits.device().is_cpu() {
+            return Ok(logits.to_vec2::<f32>()?.into_iter().map(Row::Logits).collect());
+        }
+        let plain: Vec<bool> = samplers.iter().map(|id| {
+            let seq = &self.sched.seqs[id];
+            seq.pending_forks == 0 && is_plain_argmax(&seq.shared.params, seq.output_tokens().len(), !seq.processors.is_empty())
+        }).collect();
+        let full: Vec<u32> = (0..samplers.len() as u32).filter(|&i| !plain[i as usize]).collect();
+        let mut full_rows = if full.is_empty() {
+            vec![]
+        } else {
+            let idx = Tensor::new(full.as_slice(), logits.device())?;
+            logits.index_select(&idx, 0)?.to_vec2::<f32>()?
+        }
+        .into_iter();
+        let ids = if full.len() < samplers.len() { logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()? } else { vec![] };
+        Ok(plain.iter().enumerate().map(|(i, &p)| if p { Row::Argmax(ids[i]) } else {
+            Row::Logits(full_rows.next().expect("one row per non-plain sampler"))
+        }).collect())
+    }
+
+    fn sample_and_emit(&mut self, samplers: Vec<u64>, rows: Vec<Row>) {
         let (samplers, rows) = self.propose_beams(samplers, rows);
         // Fork the siblings of n>1 requests now that the shared prompt is cached: they
         // sample their first token from the same logits row.
-        let mut work: Vec<(u64, Vec<f32>)> = vec![];
+        let mut work: Vec<(u64, Row)> = vec![];
         for (id, row) in samplers.into_iter().zip(rows) {
             let forks = self.sched.seqs.get(&id).map_or(0, |s| s.pending_forks);
             if forks > 0 {
@@ -307,16 +336,17 @@ impl EngineCore {
                     let procs = factories.iter().map(|f| f()).collect();
                     let child = self.sched.seqs[&id].fork(index, rng_for(seed, index), procs);
                     prev = self.sched.add_fork(prev, child);
-                    work.push((prev, row.clone()));
+                    let Row::Logits(row) = &row else { unreachable!("forking rows are fetched whole") };
+                    work.push((prev, Row::Logits(row.clone())));
                 }
             }
             work.push((id, row));
         }
-        let mut rows: HashMap<u64, Vec<f32>> = work.into_iter().collect();
+        let mut rows: HashMap<u64, Row> = work.into_iter().collect();
         let tokenizer = &*self.tokenizer;
         let max_model_len = self.limits.max_model_len;
         // Disjoint &mut borrows of the sampling sequences, so they sample in parallel.
-        let targets: Vec<(u64, &mut Sequence, Vec<f32>)> = self
+        let targets: Vec<(u64, &mut Sequence, Row)> = self
             .sched
             .seqs
             .iter_mut()
@@ -324,7 +354,7 @@ impl EngineCore {
             .collect();
         let results: Vec<(u64, u64, Result<SequenceDelta, String>)> = targets
             .into_par_iter()
-            .map(|(id, seq, mut row)| {
+            .map(|(id, seq, row)| {
                 let shared = seq.shared.clone();
                 let state = SamplerState {
                     params: &shared.params,
@@ -334,7 +364,11 @@ impl EngineCore {
                     processors: &mut seq.processors,
                     rng: &mut seq.rng,
                 };
-                let out = sample(state, &mut row).map(|(tok, lp)| seq.append_token(tok, lp, tokenizer, max_model_len));
+                let sampled = match row {
+                    Row::Logits(mut row) => sample(state, &mut row),
+                    Row::Argmax(token) => Ok((token, None)),
+                };
+                let out = sampled.map(|(tok, lp)| seq.append_token(tok, lp, tokenizer, max_model_len));
                 (id, seq.request, out)
             })
             .collect();
@@ -357,14 +391,15 @@ impl EngineCore {
     }
 
     /// Rows of beam-search sequences become proposals; the rest are returned for sampling.
-    fn propose_beams(&mut self, samplers: Vec<u64>, rows: Vec<Vec<f32>>) -> (Vec<u64>, Vec<Vec<f32>>) {
+    fn propose_beams(&mut self, samplers: Vec<u64>, rows: Vec<Row>) -> (Vec<u64>, Vec<Row>) {
         let mut rest = (vec![], vec![]);
         let mut rounds = vec![];
         for (id, row) in samplers.into_iter().zip(rows) {
             let key = self.sched.seqs.get(&id).map(|s| s.request);
             match key.and_then(|k| self.requests.get_mut(&k)).and_then(|r| r.beam.as_mut()) {
                 Some(beam) => {
-                    beam.proposals.insert(id, top_logprobs(&row, 2 * beam.params.width));
+                    let Row::Logits(row) = &row else { unreachable!("beam rows are fetched whole") };
+                    beam.proposals.insert(id, top_logprobs(row, 2 * beam.params.width));
                     self.sched.seqs.get_mut(&id).expect("sampled sequence").awaiting_round = true;
                     rounds.extend(key);
                 }

@@ -131,6 +131,22 @@ fn sample_filtered(p: &SamplingParams, logits: &[f32], rng: &mut StdRng) -> u32 
     }
 }
 
+/// What the sampler gets for one sequence: its full logits row, or, where the next token is
+/// simply the row's argmax, that token already picked on the device (only the id is copied
+/// back, not a vocabulary-wide row).
+pub enum Row {
+    Logits(Vec<f32>),
+    Argmax(u32),
+}
+
+/// Whether the next token is the raw row's argmax: greedy with nothing that changes or
+/// reports the row (penalties, bias, min_tokens masking, processors, logprobs, beams).
+pub fn is_plain_argmax(p: &SamplingParams, num_output: usize, has_processors: bool) -> bool {
+    p.is_greedy() && p.logprobs.is_none() && p.repetition_penalty == 1.0 && p.presence_penalty == 0.0
+        && p.frequency_penalty == 0.0 && p.logit_bias.is_empty() && num_output >= p.min_tokens && !has_processors
+        && p.beam.is_none()
+}
+
 /// Samples the next token; `logits` is the raw model output row and is modified in place.
 pub fn sample(state: SamplerState<'_>, logits: &mut [f32]) -> Result<(u32, Option<TokenLogprob>), String> {
     let p = state.params;

@@ -1,7 +1,9 @@
 //! [`PagedAttention`] on NVIDIA GPUs: K/V blocks live in device memory in the model's dtype
 //! and are written and read by our own kernels (`server/kernels/paged_attention.cu`,
-//! compiled to PTX by build.rs). One launch per layer covers the whole flattened batch,
-//! prefill chunks and decodes alike, and never materialises a score matrix.
+//! compiled to PTX by build.rs). Per layer: one launch writes the step's K/V into their
+//! slots, one attends the decode tokens (a block per token and head), one attends prefill
+//! chunks in tiles that share each staged K/V tile across query rows. No score matrix is
+//! ever materialised.
 
 use super::attention::{AttentionMetadata, KvCacheShape, PagedAttention};
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
@@ -15,12 +17,21 @@ use candle_core::{CudaStorage, DType, Result, Storage, Tensor};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 const THREADS: u32 = 256;
 
+/// Query rows one prefill block serves (4 warps × 8 rows in the kernel).
+const PREFILL_ROWS: usize = 32;
+
 /// This step's metadata on the device: uploaded by layer 0, reused by the others.
 struct StepMeta {
     slots: CudaSlice<i64>,
     block_tables: CudaSlice<u32>,
     table_offsets: CudaSlice<u32>,
     ctx_lens: CudaSlice<u32>,
+    /// Tokens the per-token (decode) kernel handles.
+    decode_tokens: CudaSlice<u32>,
+    num_decode: usize,
+    /// Prefill tiles: (first token, tokens, block-table offset, context of the first token).
+    tiles: CudaSlice<u32>,
+    num_tiles: usize,
 }
 
 pub struct CudaPagedAttention {
@@ -30,6 +41,9 @@ pub struct CudaPagedAttention {
     stream: Arc<CudaStream>,
     write_kv: CudaFunction,
     attend: CudaFunction,
+    /// The tiled prefill kernel, where head_dim has one (64, 128) and a tile of query rows
+    /// holds whole GQA groups.
+    prefill: Option<(CudaFunction, u32)>,
     copy: CudaFunction,
     /// Per layer `[num_blocks * block_size, kv_heads, head_dim]` of `dtype`, as raw bytes.
     k: Vec<CudaSlice<u8>>,
@@ -61,7 +75,19 @@ impl CudaPagedAttention {
         let module = stream.context().load_module(Ptx::from_src(PTX)).w()?;
         let sfx = suffix(dtype)?;
         let func = |name: String| module.load_function(&name).w();
+        let group = shape.num_heads / shape.num_kv_heads;
+        let prefill = if [64, 128].contains(&shape.head_dim) && group <= PREFILL_ROWS {
+            let f = func(format!("paged_prefill_{sfx}_hd{}", shape.head_dim))?;
+            let hd = shape.head_dim;
+            let smem = (4 * (32 * (hd + 4) + 32 * hd + PREFILL_ROWS * (hd + 32))) as i32;
+            use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem).w()?;
+            Some((f, smem as u32))
+        } else {
+            None
+        };
         Ok(Self {
+            prefill,
             write_kv: func(format!("write_kv_{sfx}"))?,
             attend: func(format!("paged_attention_{sfx}_hd{}", shape.head_dim))?,
             copy: func(format!("copy_blocks_{sfx}"))?,
@@ -72,17 +98,33 @@ impl CudaPagedAttention {
     fn upload(&self, meta: &AttentionMetadata) -> Result<StepMeta> {
         let mut block_tables = vec![];
         let (mut table_offsets, mut ctx_lens) = (vec![], vec![]);
+        let (mut decode_tokens, mut tiles) = (vec![], vec![]);
+        let group = self.shape.num_heads / self.shape.num_kv_heads;
+        let per_tile = (PREFILL_ROWS / group).max(1);
         for seq in &meta.seqs {
             let offset = block_tables.len() as u32;
             block_tables.extend_from_slice(&seq.block_table);
+            // Causal: query i of this chunk sees the keys up to and including itself.
+            let first_ctx = seq.context_len - seq.query_len + 1;
             for i in 0..seq.query_len {
                 table_offsets.push(offset);
-                // Causal: query i of this chunk sees the keys up to and including itself.
-                ctx_lens.push((seq.context_len - seq.query_len + i + 1) as u32);
+                ctx_lens.push((first_ctx + i) as u32);
+            }
+            if seq.query_len > 1 && self.prefill.is_some() {
+                for i in (0..seq.query_len).step_by(per_tile) {
+                    let n = per_tile.min(seq.query_len - i);
+                    tiles.extend([(seq.query_start + i) as u32, n as u32, offset, (first_ctx + i) as u32]);
+                }
+            } else {
+                decode_tokens.extend((seq.query_start..seq.query_start + seq.query_len).map(|t| t as u32));
             }
         }
-        if block_tables.is_empty() {
-            block_tables.push(0);
+        let (num_decode, num_tiles) = (decode_tokens.len(), tiles.len() / 4);
+        // Zero-length uploads are not allowed: pad the lists that are empty.
+        for v in [&mut block_tables, &mut decode_tokens, &mut tiles] {
+            if v.is_empty() {
+                v.push(0);
+            }
         }
         let slots: Vec<i64> = meta.slot_mapping.iter().map(|&s| s as i64).collect();
         let stream = &self.stream;
@@ -91,6 +133,10 @@ impl CudaPagedAttention {
             block_tables: stream.clone_htod(&block_tables).w()?,
             table_offsets: stream.clone_htod(&table_offsets).w()?,
             ctx_lens: stream.clone_htod(&ctx_lens).w()?,
+            decode_tokens: stream.clone_htod(&decode_tokens).w()?,
+            num_decode,
+            tiles: stream.clone_htod(&tiles).w()?,
+            num_tiles,
         })
     }
 
@@ -112,12 +158,23 @@ impl CudaPagedAttention {
         let mut out = unsafe { self.dev.alloc::<T>(n_tokens * num_heads * head_dim) }?;
         let (nh, nkv, bs) = (num_heads as i32, num_kv_heads as i32, block_size as i32);
         let scale = 1.0f32 / (head_dim as f32).sqrt();
-        let mut b = self.stream.launch_builder(&self.attend);
-        b.arg(&mut out).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
-            .arg(&meta.table_offsets).arg(&meta.ctx_lens).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
-        let cfg = LaunchConfig { grid_dim: (num_heads as u32, n_tokens as u32, 1), block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0 };
-        unsafe { b.launch(cfg) }.w()?;
+        if meta.num_decode > 0 {
+            let mut b = self.stream.launch_builder(&self.attend);
+            b.arg(&mut out).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
+                .arg(&meta.table_offsets).arg(&meta.ctx_lens).arg(&meta.decode_tokens).arg(&nh).arg(&nkv).arg(&bs)
+                .arg(&scale);
+            let cfg = LaunchConfig { grid_dim: (num_heads as u32, meta.num_decode as u32, 1),
+                block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        if let (Some((prefill, smem)), true) = (&self.prefill, meta.num_tiles > 0) {
+            let mut b = self.stream.launch_builder(prefill);
+            b.arg(&mut out).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
+                .arg(&meta.tiles).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
+            let cfg = LaunchConfig { grid_dim: (num_kv_heads as u32, meta.num_tiles as u32, 1),
+                block_dim: (128, 1, 1), shared_mem_bytes: *smem };
+            unsafe { b.launch(cfg) }.w()?;
+        }
         drop((qd, kd, vd));
         drop((qs, ks, vs));
         let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, self.dev.clone()));

@@ -64,6 +64,26 @@ pub enum DTypeArg {
     Bf16,
 }
 
+/// candle allocates every tensor from the device's stream-ordered memory pool, which by
+/// default hands freed memory back to the driver at each synchronisation (once per step):
+/// each step would then map its activations anew. Keeping freed memory in the pool makes
+/// it a caching allocator, as PyTorch's; the KV sizing reserves the workspace it keeps.
+#[cfg(feature = "cuda")]
+fn keep_freed_memory(d: &candle_core::CudaDevice) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let ctx = d.cuda_stream().context().clone();
+    ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: plain driver calls on this context's device with valid out-pointers.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().map_err(|e| e.to_string())?;
+        sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast()).result().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
     match spec {
@@ -75,7 +95,16 @@ pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
                 return Err(ModelError::Device(s.into(), "this build has no CUDA support (build with --features cuda)".into()));
             }
             // A dedicated stream: the model is loaded on one thread and run on the engine's.
-            Device::new_cuda_with_stream(ordinal).map_err(|e| ModelError::Device(s.into(), e.to_string()))
+            let device = Device::new_cuda_with_stream(ordinal).map_err(|e| ModelError::Device(s.into(), e.to_string()))?;
+            #[cfg(feature = "cuda")]
+            if let Device::Cuda(d) = &device {
+                // SAFETY: every tensor lives and is used on this one stream, so cudarc's
+                // cross-stream event tracking (an event record per kernel argument) only
+                // costs launch time.
+                unsafe { d.disable_event_tracking() };
+                keep_freed_memory(d).map_err(|e| ModelError::Device(s.into(), format!("configuring the memory pool: {e}")))?;
+            }
+            Ok(device)
         }
         other => Err(ModelError::Device(other.into(), "expected cpu, cuda or cuda:N".into())),
     }
