@@ -55,11 +55,11 @@ bench)
     dir=$MODELS/$preset
     [ -f "$dir/config.json" ] || "$BIN" synth-model --preset "$preset" --out "$dir"
     # Engine alone, batch 1: decode time per token.
-    gen "$dir" cuda bf16 > /dev/null 2> "$OUT/$preset-generate.log" || { cat "$OUT/$preset-generate.log"; exit 1; }
+    gen "$dir" cuda bf16 --warmup > /dev/null 2> "$OUT/$preset-generate.log" || { cat "$OUT/$preset-generate.log"; exit 1; }
     tail -n1 "$OUT/$preset-generate.log"
     # Prefill: one long prompt (~2,000 tokens with the synthetic tokenizer), first token.
     PROMPT=$(for _ in $(seq 40); do printf '%s ' "$PROMPT"; done) MAXTOK=2 gen "$dir" cuda bf16 \
-      --max-num-batched-tokens 8192 > /dev/null 2> "$OUT/$preset-prefill.log"
+      --warmup --max-num-batched-tokens 8192 > /dev/null 2> "$OUT/$preset-prefill.log"
     echo "prefill: $(tail -n1 "$OUT/$preset-prefill.log")"
     "$BIN" serve --model "$dir" --device cuda --port 8011 --max-model-len 4096 --max-num-seqs 256 \
       --max-num-batched-tokens 8192 > "$OUT/$preset-server.log" 2>&1 &

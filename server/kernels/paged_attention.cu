@@ -164,16 +164,32 @@ __device__ void attend_tiled(T* __restrict__ out, const T* __restrict__ q, const
   const int warp_ctx = last_row >= warp * ROWS ? ctx0 + last_row / group : 0;  // keys this warp needs
   for (int k0 = 0; k0 < ctx_max; k0 += TK) {
     __syncthreads();  // the previous tile is consumed (and s_q is written, the first time)
-    for (int i = threadIdx.x; i < TK * HD; i += blockDim.x) {
-      const int j = i / HD, d = i % HD, key = k0 + j;
-      float kx = 0.f, vx = 0.f;
+    {
+      // Staging: thread → (key, quarter of head_dim); one block-table lookup and
+      // independent 16-byte loads, all in flight at once.
+      constexpr int PER = HD / 4, VEC = 16 / sizeof(T), NV = PER / VEC;
+      const int j = threadIdx.x / 4, d0 = (threadIdx.x % 4) * PER, key = k0 + j;
+      uint4 kraw[NV], vraw[NV];
       if (key < ctx_max) {
         const int64_t slot = (int64_t)table[key / block_size] * block_size + key % block_size;
-        kx = to_f(k_cache[slot * row_stride + kvh * HD + d]);
-        vx = to_f(v_cache[slot * row_stride + kvh * HD + d]);
+        const uint4* kp = reinterpret_cast<const uint4*>(k_cache + slot * row_stride + kvh * HD + d0);
+        const uint4* vp = reinterpret_cast<const uint4*>(v_cache + slot * row_stride + kvh * HD + d0);
+#pragma unroll
+        for (int c = 0; c < NV; c++) { kraw[c] = kp[c]; vraw[c] = vp[c]; }
+      } else {
+#pragma unroll
+        for (int c = 0; c < NV; c++) { kraw[c] = make_uint4(0, 0, 0, 0); vraw[c] = make_uint4(0, 0, 0, 0); }
       }
-      s_k[j * KP + d] = kx;
-      s_v[j * HD + d] = vx;
+#pragma unroll
+      for (int c = 0; c < NV; c++) {
+        const T* ke = reinterpret_cast<const T*>(&kraw[c]);
+        const T* ve = reinterpret_cast<const T*>(&vraw[c]);
+#pragma unroll
+        for (int x = 0; x < VEC; x++) {
+          s_k[j * KP + d0 + c * VEC + x] = to_f(ke[x]);
+          s_v[j * HD + d0 + c * VEC + x] = to_f(ve[x]);
+        }
+      }
     }
     __syncthreads();
     if (k0 >= warp_ctx) continue;  // causal: nothing in this tile for this warp's rows

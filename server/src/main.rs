@@ -62,6 +62,10 @@ struct GenerateArgs {
     /// Keep generating past end-of-sequence tokens (fixed-length runs for timing).
     #[arg(long)]
     ignore_eos: bool,
+    /// Run the same request once untimed first, so the timing line leaves out first-use
+    /// costs (CUDA module loading, allocator growth).
+    #[arg(long)]
+    warmup: bool,
 }
 
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -88,6 +92,14 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         ..SamplingParams::default()
     };
     let engine = EngineHandle::spawn(core);
+    if args.warmup {
+        let mut warm = engine.submit(GenerateRequest::new("cli-warmup", ids.clone(), params.clone()))?;
+        while let Some(ev) = warm.blocking_recv() {
+            if let RequestEvent::Error(e) = ev {
+                anyhow::bail!(e);
+            }
+        }
+    }
     let mut stream = engine.submit(GenerateRequest::new("cli-0", ids, params))?;
     let start = std::time::Instant::now();
     let mut out = std::io::stdout();
