@@ -16,7 +16,7 @@ fn main() {
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for kernel in ["paged_attention"] {
+    for kernel in ["paged_attention", "fused"] {
         let src = format!("kernels/{kernel}.cu");
         let ptx = out.join(format!("{kernel}.ptx"));
         let status = Command::new(&nvcc)

@@ -108,6 +108,7 @@ fn kv_cache(model: &CausalLm, cfg: &EngineConfig, max_model_len: usize)
         candle_core::Device::Cpu => (cfg.kv_cache_memory, "raise --kv-cache-memory"),
         #[cfg(feature = "cuda")]
         candle_core::Device::Cuda(dev) => {
+            crate::model::trim_memory_pool(dev).map_err(|e| EngineError::Config(format!("trimming GPU memory: {e}")))?;
             let (free, total) = dev.cuda_stream().context().mem_get_info()
                 .map_err(|e| EngineError::Config(format!("querying GPU memory: {e}")))?;
             // Activations of one full step plus f32 logits rows, twice over for the

@@ -51,7 +51,7 @@ pub struct CudaPagedAttention {
     meta: Option<StepMeta>,
 }
 
-fn suffix(dtype: DType) -> Result<&'static str> {
+pub(crate) fn suffix(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
         DType::F32 => "f32",
         DType::F16 => "f16",
@@ -183,10 +183,10 @@ impl CudaPagedAttention {
 }
 
 /// A contiguous CUDA tensor's elements as a typed view (no copy).
-fn view<'a, T: CudaDType>(s: &'a Storage, l: &candle_core::Layout) -> Result<CudaView<'a, T>> {
-    let Storage::Cuda(cs) = s else { candle_core::bail!("paged attention (cuda) got a host tensor") };
+pub(crate) fn view<'a, T: CudaDType>(s: &'a Storage, l: &candle_core::Layout) -> Result<CudaView<'a, T>> {
+    let Storage::Cuda(cs) = s else { candle_core::bail!("a CUDA kernel got a host tensor") };
     if !l.is_contiguous() {
-        candle_core::bail!("paged attention (cuda) needs contiguous q/k/v")
+        candle_core::bail!("a CUDA kernel needs contiguous inputs")
     }
     Ok(cs.as_cuda_slice::<T>()?.slice(l.start_offset()..))
 }

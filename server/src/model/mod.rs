@@ -4,6 +4,8 @@ pub mod attention;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda_attention;
+#[cfg(feature = "cuda")]
+pub mod cuda_ops;
 pub mod quant_matmul;
 pub mod transformer;
 pub mod weights;
@@ -71,17 +73,35 @@ pub enum DTypeArg {
 #[cfg(feature = "cuda")]
 fn keep_freed_memory(d: &candle_core::CudaDevice) -> Result<(), String> {
     use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = default_pool(d)?;
+    let mut threshold = u64::MAX;
+    // SAFETY: a valid pool handle and a pointer to a u64, as the attribute requires.
+    unsafe {
+        sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast()).result().map_err(|e| e.to_string())
+    }
+}
+
+/// Hands the pool's unused memory back to the driver (after loading, before the KV cache
+/// is sized from what the driver reports free).
+#[cfg(feature = "cuda")]
+pub fn trim_memory_pool(d: &candle_core::CudaDevice) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = default_pool(d)?;
+    d.cuda_stream().synchronize().map_err(|e| e.to_string())?;
+    // SAFETY: a valid pool handle; nothing in flight uses the freed memory after the sync.
+    unsafe { sys::cuMemPoolTrimTo(pool, 0).result().map_err(|e| e.to_string()) }
+}
+
+#[cfg(feature = "cuda")]
+fn default_pool(d: &candle_core::CudaDevice) -> Result<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool, String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
     let ctx = d.cuda_stream().context().clone();
     ctx.bind_to_thread().map_err(|e| e.to_string())?;
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let mut threshold = u64::MAX;
-    // SAFETY: plain driver calls on this context's device with valid out-pointers.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().map_err(|e| e.to_string())?;
-        sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            (&mut threshold as *mut u64).cast()).result().map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    // SAFETY: plain driver call on this context's device with a valid out-pointer.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().map_err(|e| e.to_string())? };
+    Ok(pool)
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

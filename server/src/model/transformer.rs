@@ -31,9 +31,15 @@ struct Layer {
     q_norm: Option<Norm>,
     k_norm: Option<Norm>,
     mlp_norm: Norm,
-    gate: Linear,
-    up: Linear,
+    mlp: Mlp,
     down: Linear,
+}
+
+/// The gate and up projections: separate, or (on GPUs, dense weights) one GEMM against the
+/// concatenated matrix followed by a fused silu·mul.
+enum Mlp {
+    Split { gate: Linear, up: Linear },
+    Fused { gate_up: Linear, inter: usize },
 }
 
 /// cos/sin tables indexed by absolute position.
@@ -110,6 +116,8 @@ pub struct CausalLm {
     rope: Rope,
     device: Device,
     dtype: DType,
+    #[cfg(feature = "cuda")]
+    silu_mul: Option<super::cuda_ops::SiluMul>,
 }
 
 impl CausalLm {
@@ -135,8 +143,19 @@ impl CausalLm {
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
                 mlp_norm: Norm::load(src, &format!("{p}.post_attention_layernorm.weight"), h, eps)?,
-                gate: src.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?,
-                up: src.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?,
+                mlp: {
+                    let gate = src.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?;
+                    let up = src.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?;
+                    // The CPU keeps them apart: its quantized kernels and exactness tests
+                    // are per matrix.
+                    let fused = if device.is_cpu() { None } else {
+                        Linear::fuse(&gate, &up).map_err(|e| ModelError::Load(format!("fusing {p} gate/up: {e}")))?
+                    };
+                    match fused {
+                        Some(gate_up) => Mlp::Fused { gate_up, inter: cfg.intermediate_size },
+                        None => Mlp::Split { gate, up },
+                    }
+                },
                 down: src.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?,
             });
         }
@@ -162,6 +181,12 @@ impl CausalLm {
             rope,
             device: device.clone(),
             dtype,
+            #[cfg(feature = "cuda")]
+            silu_mul: match device {
+                Device::Cuda(d) => Some(super::cuda_ops::SiluMul::new(d, dtype)
+                    .map_err(|e| ModelError::Load(format!("loading the fused CUDA kernels: {e}")))?),
+                _ => None,
+            },
         })
     }
 
@@ -175,6 +200,15 @@ impl CausalLm {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// `silu(gate) * up` from the fused projection's `[rows, 2 * inter]` output.
+    fn silu_mul(&self, y: &Tensor, inter: usize) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(op) = &self.silu_mul {
+            return op.forward(y);
+        }
+        candle_nn::ops::silu(&y.narrow(1, 0, inter)?)? * y.narrow(1, inter, inter)?
     }
 
     /// Runs one step and returns f32 logits `[logits_rows.len(), vocab]`.
@@ -200,7 +234,10 @@ impl CausalLm {
             let y = attn.forward(i, &q, &k, &v.contiguous()?, &batch.attention)?.to_dtype(self.dtype)?;
             x = (x + layer.o.forward(&y)?)?;
             let h = layer.mlp_norm.forward(&x)?;
-            let act = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let act = match &layer.mlp {
+                Mlp::Split { gate, up } => (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?,
+                Mlp::Fused { gate_up, inter } => self.silu_mul(&gate_up.forward(&h)?, *inter)?,
+            };
             x = (x + layer.down.forward(&act)?)?;
         }
         let rows = Tensor::new(batch.logits_rows.as_slice(), &self.device)?;

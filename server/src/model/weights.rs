@@ -37,6 +37,20 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// One layer computing both `a` and `b` (outputs concatenated along the last dim) when
+    /// both are plain dense matrices without bias: one GEMM instead of two.
+    pub fn fuse(a: &Linear, b: &Linear) -> candle_core::Result<Option<Linear>> {
+        match (&a.weight, &b.weight, &a.bias, &b.bias) {
+            (Weight::Candle(QMatMul::Tensor(x)), Weight::Candle(QMatMul::Tensor(y)), None, None) => {
+                let w = Tensor::cat(&[x, y], 0)?;
+                Ok(Some(Linear { weight: Weight::Candle(QMatMul::Tensor(w)), bias: None }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 pub trait WeightSource {
     fn contains(&self, hf_name: &str) -> bool;
     /// A dense tensor (norm weights, biases, embeddings), converted to the compute dtype.

@@ -1,0 +1,38 @@
+// Fused elementwise kernels for kandle-server's CUDA engine (compiled to PTX by build.rs).
+// Each replaces several candle launches (and their intermediate tensors) by one.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+
+// x: [rows, 2 * inter] = [gate | up] (one GEMM against the concatenated weights);
+// out: [rows, inter] = silu(gate) * up. Both products rounded as candle's separate silu and
+// mul kernels round them, so f32 results are the same as the unfused ops.
+template <typename T>
+__device__ void silu_mul(const T* __restrict__ x, T* __restrict__ out, int64_t rows, int64_t inter) {
+  const int64_t n = rows * inter;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / inter, c = i % inter;
+    const float g = to_f(x[r * 2 * inter + c]);
+    const T act = from_f<T>(g / (1.0f + expf(-g)));
+    out[i] = from_f<T>(to_f(act) * to_f(x[r * 2 * inter + inter + c]));
+  }
+}
+
+#define FUSED(T, NAME)                                                                          \
+  extern "C" __global__ void silu_mul_##NAME(const T* x, T* out, int64_t rows, int64_t inter) { \
+    silu_mul<T>(x, out, rows, inter);                                                           \
+  }
+
+FUSED(float, f32)
+FUSED(__half, f16)
+FUSED(__nv_bfloat16, bf16)
