@@ -43,6 +43,10 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<i64>,
     pub skip_special_tokens: Option<bool>,
+    /// vLLM's detokenizer option. It only changes text for slow (Python) tokenizers; the
+    /// tokenizers.json models served here are fast ones, for which vLLM ignores it too, so
+    /// it is checked and accepted and the text is the same either way.
+    pub spaces_between_special_tokens: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     /// Candidates generated per prompt: the `n` most likely are returned (beam width with

@@ -214,3 +214,17 @@ def test_beam_search_rejects_bad_widths(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
     r = post(server, "/v1/completions", {"prompt": "Hi", "use_beam_search": True})
     assert r.status_code == 400
+
+
+def test_special_tokens_in_output(server):
+    # Force <|im_start|> (id 1, not an end token) with logit_bias to get special tokens out.
+    body = {"model": "smol", "prompt": "Hi", "max_tokens": 3, "logit_bias": {"1": 100}, "temperature": 0}
+    kept = post(server, "/v1/completions", {**body, "skip_special_tokens": False}).json()
+    assert kept["choices"][0]["text"] == "<|im_start|>" * 3
+    # As vLLM with fast tokenizers: no spaces are inserted either way.
+    spaced = post(server, "/v1/completions", {**body, "skip_special_tokens": False,
+                                               "spaces_between_special_tokens": True}).json()
+    assert spaced["choices"][0]["text"] == kept["choices"][0]["text"]
+    assert post(server, "/v1/completions", body).json()["choices"][0]["text"] == ""
+    bad = post(server, "/v1/completions", {**body, "spaces_between_special_tokens": "yes"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "spaces_between_special_tokens"
