@@ -28,9 +28,45 @@ __device__ void silu_mul(const T* __restrict__ x, T* __restrict__ out, int64_t r
   }
 }
 
+// Residual add + RMSNorm, one block per row: sum = x + delta (rounded to T, as candle's add),
+// norm = sum * rsqrt(mean(sum²) + eps) * weight (candle's rmsnorm arithmetic).
+template <typename T>
+__device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ delta, const T* __restrict__ weight,
+                             T* __restrict__ sum, T* __restrict__ norm, int dim, float eps) {
+  const int64_t base = (int64_t)blockIdx.x * dim;
+  float sq = 0.f;
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    const T s = from_f<T>(to_f(x[base + c]) + to_f(delta[base + c]));
+    sum[base + c] = s;
+    const float f = to_f(s);
+    sq += f * f;
+  }
+  __shared__ float partial[32];
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, off);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sq;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.f;
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (threadIdx.x == 0) partial[0] = v;
+  }
+  __syncthreads();
+  const float scale = rsqrtf(partial[0] / dim + eps);
+  // Each thread reads back the sums it wrote itself: no barrier needed for `sum`.
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    norm[base + c] = from_f<T>(scale * to_f(sum[base + c]) * to_f(weight[c]));
+  }
+}
+
 #define FUSED(T, NAME)                                                                          \
   extern "C" __global__ void silu_mul_##NAME(const T* x, T* out, int64_t rows, int64_t inter) { \
     silu_mul<T>(x, out, rows, inter);                                                           \
+  }                                                                                             \
+  extern "C" __global__ void add_rms_norm_##NAME(const T* x, const T* delta, const T* weight, T* sum, T* norm, \
+                                                 int dim, float eps) {                          \
+    add_rms_norm<T>(x, delta, weight, sum, norm, dim, eps);                                     \
   }
 
 FUSED(float, f32)

@@ -117,7 +117,7 @@ pub struct CausalLm {
     device: Device,
     dtype: DType,
     #[cfg(feature = "cuda")]
-    silu_mul: Option<super::cuda_ops::SiluMul>,
+    fused: Option<super::cuda_ops::FusedOps>,
 }
 
 impl CausalLm {
@@ -182,8 +182,8 @@ impl CausalLm {
             device: device.clone(),
             dtype,
             #[cfg(feature = "cuda")]
-            silu_mul: match device {
-                Device::Cuda(d) => Some(super::cuda_ops::SiluMul::new(d, dtype)
+            fused: match device {
+                Device::Cuda(d) => Some(super::cuda_ops::FusedOps::new(d, dtype)
                     .map_err(|e| ModelError::Load(format!("loading the fused CUDA kernels: {e}")))?),
                 _ => None,
             },
@@ -205,10 +205,22 @@ impl CausalLm {
     /// `silu(gate) * up` from the fused projection's `[rows, 2 * inter]` output.
     fn silu_mul(&self, y: &Tensor, inter: usize) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if let Some(op) = &self.silu_mul {
-            return op.forward(y);
+        if let Some(op) = &self.fused {
+            return op.silu_mul(y);
         }
         candle_nn::ops::silu(&y.narrow(1, 0, inter)?)? * y.narrow(1, inter, inter)?
+    }
+
+    /// The residual add and the following norm: `(x + delta, norm(x + delta))`, one kernel
+    /// on GPUs.
+    fn add_norm(&self, x: &Tensor, delta: &Tensor, norm: &Norm) -> Result<(Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if let Some(op) = &self.fused {
+            return op.add_rms_norm(x, delta, &norm.weight, norm.eps);
+        }
+        let sum = (x + delta)?;
+        let h = norm.forward(&sum)?;
+        Ok((sum, h))
     }
 
     /// Runs one step and returns f32 logits `[logits_rows.len(), vocab]`.
@@ -220,8 +232,8 @@ impl CausalLm {
         let cos = self.rope.cos.index_select(&pos, 0)?.to_dtype(self.dtype)?.unsqueeze(1)?;
         let sin = self.rope.sin.index_select(&pos, 0)?.to_dtype(self.dtype)?.unsqueeze(1)?;
         let mut x = self.embed.forward(&ids)?;
+        let mut h = self.layers[0].attn_norm.forward(&x)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
             let mut q = layer.q.forward(&h)?.reshape((n, nh, hd))?;
             let mut k = layer.k.forward(&h)?.reshape((n, nkv, hd))?;
             let v = layer.v.forward(&h)?.reshape((n, nkv, hd))?;
@@ -232,13 +244,16 @@ impl CausalLm {
             let q = self.rope.apply(&q, &cos, &sin)?;
             let k = self.rope.apply(&k, &cos, &sin)?;
             let y = attn.forward(i, &q, &k, &v.contiguous()?, &batch.attention)?.to_dtype(self.dtype)?;
-            x = (x + layer.o.forward(&y)?)?;
-            let h = layer.mlp_norm.forward(&x)?;
+            (x, h) = self.add_norm(&x, &layer.o.forward(&y)?, &layer.mlp_norm)?;
             let act = match &layer.mlp {
                 Mlp::Split { gate, up } => (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?,
                 Mlp::Fused { gate_up, inter } => self.silu_mul(&gate_up.forward(&h)?, *inter)?,
             };
-            x = (x + layer.down.forward(&act)?)?;
+            let down = layer.down.forward(&act)?;
+            match self.layers.get(i + 1) {
+                Some(next) => (x, h) = self.add_norm(&x, &down, &next.attn_norm)?,
+                None => x = (x + down)?,
+            }
         }
         let rows = Tensor::new(batch.logits_rows.as_slice(), &self.device)?;
         let x = self.norm.forward(&x.index_select(&rows, 0)?)?;
