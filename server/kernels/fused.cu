@@ -60,6 +60,31 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ delt
   }
 }
 
+// Splits the fused QKV projection `[tokens, (heads + 2 * kv_heads) * hd]` into contiguous
+// q `[tokens, heads, hd]`, k and v `[tokens, kv_heads, hd]`, rotating q and k by each token's
+// cos/sin `[tokens, hd / 2]` (pairs (i, i + hd/2), or (2i, 2i + 1) when interleaved). One
+// block per token.
+template <typename T>
+__device__ void qkv_rope(const T* __restrict__ qkv, const T* __restrict__ cos, const T* __restrict__ sin,
+                         T* __restrict__ q, T* __restrict__ k, T* __restrict__ v, int heads, int kv_heads, int hd,
+                         int interleaved) {
+  const int64_t t = blockIdx.x;
+  const int half = hd / 2, width = (heads + 2 * kv_heads) * hd;
+  const T* row = qkv + t * width;
+  const int pairs = (heads + kv_heads) * half;
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int head = p / half, i = p % half;
+    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    const float x1 = to_f(row[head * hd + a]), x2 = to_f(row[head * hd + b]);
+    const float c = to_f(cos[t * half + i]), s = to_f(sin[t * half + i]);
+    T* dst = head < heads ? q + (t * heads + head) * hd : k + (t * kv_heads + head - heads) * hd;
+    dst[a] = from_f<T>(x1 * c - x2 * s);
+    dst[b] = from_f<T>(x1 * s + x2 * c);
+  }
+  const int vw = kv_heads * hd;
+  for (int i = threadIdx.x; i < vw; i += blockDim.x) v[t * vw + i] = row[(heads + kv_heads) * hd + i];
+}
+
 #define FUSED(T, NAME)                                                                          \
   extern "C" __global__ void silu_mul_##NAME(const T* x, T* out, int64_t rows, int64_t inter) { \
     silu_mul<T>(x, out, rows, inter);                                                           \
@@ -67,6 +92,10 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ delt
   extern "C" __global__ void add_rms_norm_##NAME(const T* x, const T* delta, const T* weight, T* sum, T* norm, \
                                                  int dim, float eps) {                          \
     add_rms_norm<T>(x, delta, weight, sum, norm, dim, eps);                                     \
+  }                                                                                             \
+  extern "C" __global__ void qkv_rope_##NAME(const T* qkv, const T* cos, const T* sin, T* q, T* k, T* v, \
+                                             int heads, int kv_heads, int hd, int interleaved) { \
+    qkv_rope<T>(qkv, cos, sin, q, k, v, heads, kv_heads, hd, interleaved);                      \
   }
 
 FUSED(float, f32)

@@ -15,6 +15,7 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 pub struct FusedOps {
     silu_mul: CudaFunction,
     add_rms_norm: CudaFunction,
+    qkv_rope: CudaFunction,
     stream: Arc<CudaStream>,
     dev: CudaDevice,
     dtype: DType,
@@ -28,6 +29,7 @@ impl FusedOps {
         Ok(Self {
             silu_mul: module.load_function(&format!("silu_mul_{sfx}")).w()?,
             add_rms_norm: module.load_function(&format!("add_rms_norm_{sfx}")).w()?,
+            qkv_rope: module.load_function(&format!("qkv_rope_{sfx}")).w()?,
             stream,
             dev: dev.clone(),
             dtype,
@@ -62,6 +64,47 @@ impl FusedOps {
             DType::F16 => self.add_rms_norm_t::<half::f16>(x, delta, weight, eps, rows, dim),
             _ => self.add_rms_norm_t::<half::bf16>(x, delta, weight, eps, rows, dim),
         }
+    }
+
+    /// Splits the fused QKV projection into contiguous q `[n, heads, hd]`, k and v
+    /// `[n, kv_heads, hd]`, rotating q and k by `cos`/`sin` (`[n, 1, hd / 2]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize, kv_heads: usize, hd: usize,
+        interleaved: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let (n, width) = self.check("qkv_rope", qkv)?;
+        for t in [cos, sin] {
+            if t.dtype() != self.dtype || !t.is_contiguous() || t.elem_count() != n * hd / 2 {
+                candle_core::bail!("qkv_rope: cos/sin {:?} {:?} do not fit {n} tokens of head_dim {hd}", t.dtype(), t.shape())
+            }
+        }
+        if width != (heads + 2 * kv_heads) * hd {
+            candle_core::bail!("qkv_rope: width {width} is not ({heads} + 2 * {kv_heads}) * {hd}")
+        }
+        match self.dtype {
+            DType::F32 => self.qkv_rope_t::<f32>(qkv, cos, sin, n, [heads, kv_heads, hd], interleaved),
+            DType::F16 => self.qkv_rope_t::<half::f16>(qkv, cos, sin, n, [heads, kv_heads, hd], interleaved),
+            _ => self.qkv_rope_t::<half::bf16>(qkv, cos, sin, n, [heads, kv_heads, hd], interleaved),
+        }
+    }
+
+    fn qkv_rope_t<T: CudaDType + DeviceRepr>(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor, n: usize,
+        [heads, kv_heads, hd]: [usize; 3], interleaved: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let (xs, xl) = qkv.storage_and_layout();
+        let (cs, cl) = cos.storage_and_layout();
+        let (ss, sl) = sin.storage_and_layout();
+        let (xv, cv, sv) = (view::<T>(&xs, xl)?, view::<T>(&cs, cl)?, view::<T>(&ss, sl)?);
+        let mut q = unsafe { self.dev.alloc::<T>(n * heads * hd) }?;
+        let mut k = unsafe { self.dev.alloc::<T>(n * kv_heads * hd) }?;
+        let mut v = unsafe { self.dev.alloc::<T>(n * kv_heads * hd) }?;
+        let (h, kvh, d, il) = (heads as i32, kv_heads as i32, hd as i32, interleaved as i32);
+        let mut b = self.stream.launch_builder(&self.qkv_rope);
+        b.arg(&xv).arg(&cv).arg(&sv).arg(&mut q).arg(&mut k).arg(&mut v).arg(&h).arg(&kvh).arg(&d).arg(&il);
+        let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.w()?;
+        drop((xv, cv, sv));
+        drop((xs, cs, ss));
+        let wrap = |s, heads: usize| self.wrap(s, (n, heads * hd)).reshape((n, heads, hd));
+        Ok((wrap(q, heads)?, wrap(k, kv_heads)?, wrap(v, kv_heads)?))
     }
 
     fn wrap<T: CudaDType>(&self, slice: candle_core::cuda_backend::cudarc::driver::CudaSlice<T>, shape: (usize, usize)) -> Tensor {

@@ -24,15 +24,20 @@ impl Norm {
 
 struct Layer {
     attn_norm: Norm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     o: Linear,
     q_norm: Option<Norm>,
     k_norm: Option<Norm>,
     mlp_norm: Norm,
     mlp: Mlp,
     down: Linear,
+}
+
+/// The q/k/v projections: separate, or (on GPUs: dense weights, no bias, no q/k norm) one
+/// GEMM whose output one kernel splits and rotates.
+enum Qkv {
+    Split { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
 }
 
 /// The gate and up projections: separate, or (on GPUs, dense weights) one GEMM against the
@@ -136,9 +141,18 @@ impl CausalLm {
             };
             layers.push(Layer {
                 attn_norm: Norm::load(src, &format!("{p}.input_layernorm.weight"), h, eps)?,
-                q: src.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, bias)?,
-                k: src.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, bias)?,
-                v: src.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, bias)?,
+                qkv: {
+                    let q = src.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, bias)?;
+                    let k = src.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, bias)?;
+                    let v = src.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, bias)?;
+                    let fused = if device.is_cpu() || cfg.qk_norm { None } else {
+                        Linear::fuse(&[&q, &k, &v]).map_err(|e| ModelError::Load(format!("fusing {p} q/k/v: {e}")))?
+                    };
+                    match fused {
+                        Some(qkv) => Qkv::Fused(qkv),
+                        None => Qkv::Split { q, k, v },
+                    }
+                },
                 o: src.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, false)?,
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
@@ -149,7 +163,7 @@ impl CausalLm {
                     // The CPU keeps them apart: its quantized kernels and exactness tests
                     // are per matrix.
                     let fused = if device.is_cpu() { None } else {
-                        Linear::fuse(&gate, &up).map_err(|e| ModelError::Load(format!("fusing {p} gate/up: {e}")))?
+                        Linear::fuse(&[&gate, &up]).map_err(|e| ModelError::Load(format!("fusing {p} gate/up: {e}")))?
                     };
                     match fused {
                         Some(gate_up) => Mlp::Fused { gate_up, inter: cfg.intermediate_size },
@@ -211,6 +225,19 @@ impl CausalLm {
         candle_nn::ops::silu(&y.narrow(1, 0, inter)?)? * y.narrow(1, inter, inter)?
     }
 
+    /// q, k (rotated) and v `[n, heads, head_dim]` from the fused projection's output.
+    fn qkv_rope(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        #[cfg(feature = "cuda")]
+        if let Some(op) = &self.fused {
+            return op.qkv_rope(qkv, cos, sin, nh, nkv, hd, self.rope.interleaved);
+        }
+        let n = qkv.dim(0)?;
+        let part = |start: usize, heads: usize| qkv.narrow(1, start * hd, heads * hd)?.contiguous()?.reshape((n, heads, hd));
+        let (q, k, v) = (part(0, nh)?, part(nh, nkv)?, part(nh + nkv, nkv)?);
+        Ok((self.rope.apply(&q, cos, sin)?, self.rope.apply(&k, cos, sin)?, v))
+    }
+
     /// The residual add and the following norm: `(x + delta, norm(x + delta))`, one kernel
     /// on GPUs.
     fn add_norm(&self, x: &Tensor, delta: &Tensor, norm: &Norm) -> Result<(Tensor, Tensor)> {
@@ -234,15 +261,19 @@ impl CausalLm {
         let mut x = self.embed.forward(&ids)?;
         let mut h = self.layers[0].attn_norm.forward(&x)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut q = layer.q.forward(&h)?.reshape((n, nh, hd))?;
-            let mut k = layer.k.forward(&h)?.reshape((n, nkv, hd))?;
-            let v = layer.v.forward(&h)?.reshape((n, nkv, hd))?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                q = qn.forward(&q)?;
-                k = kn.forward(&k)?;
-            }
-            let q = self.rope.apply(&q, &cos, &sin)?;
-            let k = self.rope.apply(&k, &cos, &sin)?;
+            let (q, k, v) = match &layer.qkv {
+                Qkv::Fused(qkv) => self.qkv_rope(&qkv.forward(&h)?, &cos, &sin)?,
+                Qkv::Split { q, k, v } => {
+                    let mut q = q.forward(&h)?.reshape((n, nh, hd))?;
+                    let mut k = k.forward(&h)?.reshape((n, nkv, hd))?;
+                    let v = v.forward(&h)?.reshape((n, nkv, hd))?;
+                    if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                        q = qn.forward(&q)?;
+                        k = kn.forward(&k)?;
+                    }
+                    (self.rope.apply(&q, &cos, &sin)?, self.rope.apply(&k, &cos, &sin)?, v)
+                }
+            };
             let y = attn.forward(i, &q, &k, &v.contiguous()?, &batch.attention)?.to_dtype(self.dtype)?;
             (x, h) = self.add_norm(&x, &layer.o.forward(&y)?, &layer.mlp_norm)?;
             let act = match &layer.mlp {

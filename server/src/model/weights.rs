@@ -38,16 +38,18 @@ impl Linear {
 }
 
 impl Linear {
-    /// One layer computing both `a` and `b` (outputs concatenated along the last dim) when
-    /// both are plain dense matrices without bias: one GEMM instead of two.
-    pub fn fuse(a: &Linear, b: &Linear) -> candle_core::Result<Option<Linear>> {
-        match (&a.weight, &b.weight, &a.bias, &b.bias) {
-            (Weight::Candle(QMatMul::Tensor(x)), Weight::Candle(QMatMul::Tensor(y)), None, None) => {
-                let w = Tensor::cat(&[x, y], 0)?;
-                Ok(Some(Linear { weight: Weight::Candle(QMatMul::Tensor(w)), bias: None }))
+    /// One layer computing all of `parts` (outputs concatenated along the last dim) when
+    /// they are plain dense matrices without bias: one GEMM instead of several.
+    pub fn fuse(parts: &[&Linear]) -> candle_core::Result<Option<Linear>> {
+        let mut mats = vec![];
+        for p in parts {
+            match (&p.weight, &p.bias) {
+                (Weight::Candle(QMatMul::Tensor(t)), None) => mats.push(t),
+                _ => return Ok(None),
             }
-            _ => Ok(None),
         }
+        let w = Tensor::cat(&mats, 0)?;
+        Ok(Some(Linear { weight: Weight::Candle(QMatMul::Tensor(w)), bias: None }))
     }
 }
 
