@@ -1,10 +1,11 @@
 //! `POST /v1/chat/completions`: messages → chat template → generation.
 
 use super::error::ApiError;
-use super::extract::{check_fields, parse_view, JsonBody, RequestId};
+use super::extract::{check_fields, parse_view, unknown_in_all, JsonBody, RequestId};
 use super::generation::{GenEvent, Generation};
 use super::protocol::*;
 use super::state::AppState;
+use super::structured::{self, StructuredFields};
 use crate::engine::TokenLogprob;
 use crate::tokenizer::{render_chat_template, TokenizerInfo};
 use axum::extract::State;
@@ -21,13 +22,9 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
     JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let (fields, unknown_a) = parse_view::<ChatFields>(&body)?;
     let (sampling, unknown_b) = parse_view::<SamplingFields>(&body)?;
-    check_fields(&body, &unknown_a.intersection(&unknown_b).cloned().collect(), UNSUPPORTED_CHAT_FIELDS)?;
-    if let Some(rf) = &fields.response_format {
-        if rf.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::bad_request("response_format", "Only response_format {\"type\": \"text\"} is supported \
-                by this server so far."));
-        }
-    }
+    let (structured, unknown_c) = parse_view::<StructuredFields>(&body)?;
+    check_fields(&body, &unknown_in_all(&[unknown_a, unknown_b, unknown_c]), UNSUPPORTED_CHAT_FIELDS)?;
+    let constraint = structured.constraint()?;
     let serving = state.admit()?;
     let model = state.resolve_model(fields.model.as_deref())?;
     let top_logprobs = match (fields.logprobs.unwrap_or(false), fields.top_logprobs) {
@@ -50,7 +47,8 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
         .await
         .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))??;
     sampling.truncate_prompt(&mut prompt_ids, serving.max_model_len)?;
-    let gen = Generation::start(&state, &rid.0, vec![prompt_ids], params)?;
+    let processors = structured::processors(&serving, constraint, &params).await?;
+    let gen = Generation::start(&state, &rid.0, vec![prompt_ids], params, processors)?;
     let id = format!("chatcmpl-{}", rid.0);
     let created = unix_now();
     let role = state.args.server.response_role.clone();

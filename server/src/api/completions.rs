@@ -1,10 +1,11 @@
 //! `POST /v1/completions`.
 
 use super::error::ApiError;
-use super::extract::{check_fields, parse_view, JsonBody, RequestId};
+use super::extract::{check_fields, parse_view, unknown_in_all, JsonBody, RequestId};
 use super::generation::{ChoiceOutput, GenEvent, Generation};
 use super::protocol::*;
 use super::state::AppState;
+use super::structured::{self, StructuredFields};
 use crate::engine::TokenLogprob;
 use crate::tokenizer::TokenizerInfo;
 use axum::extract::State;
@@ -24,7 +25,9 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
     JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let (fields, unknown_a) = parse_view::<CompletionFields>(&body)?;
     let (sampling, unknown_b) = parse_view::<SamplingFields>(&body)?;
-    check_fields(&body, &unknown_a.intersection(&unknown_b).cloned().collect(), UNSUPPORTED_COMPLETION_FIELDS)?;
+    let (structured, unknown_c) = parse_view::<StructuredFields>(&body)?;
+    check_fields(&body, &unknown_in_all(&[unknown_a, unknown_b, unknown_c]), UNSUPPORTED_COMPLETION_FIELDS)?;
+    let constraint = structured.constraint()?;
     let serving = state.admit()?;
     let model = state.resolve_model(fields.model.as_deref())?;
     let logprobs = fields.logprobs.map(|k| if k < 0 {
@@ -65,7 +68,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(rid): Ext
         sampling.truncate_prompt(ids, serving.max_model_len)?;
     }
     let echo_texts: Vec<String> = if echo { prompts.iter().map(|p| p.1.clone()).collect() } else { vec![] };
-    let gen = Generation::start(&state, &rid.0, prompts.into_iter().map(|p| p.0).collect(), params)?;
+    let processors = structured::processors(&serving, constraint, &params).await?;
+    let gen = Generation::start(&state, &rid.0, prompts.into_iter().map(|p| p.0).collect(), params, processors)?;
     let id = format!("cmpl-{}", rid.0);
     let created = unix_now();
     let tok = serving.engine.tokenizer().clone();

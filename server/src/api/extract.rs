@@ -61,6 +61,12 @@ pub fn parse_view<T: DeserializeOwned>(body: &serde_json::Map<String, Value>) ->
 
 /// Rejects fields the OpenAI/vLLM contract defines but this server does not implement yet,
 /// instead of silently ignoring what the client asked for; logs keys nobody knows.
+/// The keys no view of the body reads.
+pub fn unknown_in_all(views: &[BTreeSet<String>]) -> BTreeSet<String> {
+    let Some((first, rest)) = views.split_first() else { return BTreeSet::new() };
+    first.iter().filter(|k| rest.iter().all(|v| v.contains(*k))).cloned().collect()
+}
+
 pub fn check_fields(body: &serde_json::Map<String, Value>, unknown: &BTreeSet<String>, unsupported: &[&str])
     -> Result<(), ApiError> {
     // `false` asks for nothing (clients send e.g. `echo: false` by default).

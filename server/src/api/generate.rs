@@ -3,10 +3,12 @@
 //! stream sends that object again, cumulatively, one JSON line per update.
 
 use super::error::ApiError;
-use super::extract::{check_fields, parse_view, JsonBody, RequestId};
+use super::extract::{check_fields, parse_view, unknown_in_all, JsonBody, RequestId};
 use super::generation::{ChoiceOutput, GenEvent, Generation};
 use super::protocol::{SamplingFields, UsageInfo};
 use super::state::AppState;
+use super::structured::{self, StructuredFields};
+use crate::engine::constraint::Constraint;
 use crate::engine::FinishReason;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -37,7 +39,7 @@ fn unprocessable(param: &str, message: &str) -> ApiError {
     ApiError::Unprocessable { message: message.to_string(), param: Some(param.to_string()) }
 }
 
-/// happy_vllm's rules (422), then what needs structured outputs (not built yet: 400).
+/// happy_vllm's rules (422).
 fn check_rules(f: &GenerateFields, s: &SamplingFields, body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     if body.contains_key("logits_processors") {
         return Err(unprocessable("logits_processors", "logits_processors cannot be passed to this route."));
@@ -53,12 +55,51 @@ fn check_rules(f: &GenerateFields, s: &SamplingFields, body: &serde_json::Map<St
             return Err(unprocessable("max_tokens", "max_tokens must be greater than min_tokens."));
         }
     }
-    for key in ["response_pool", "json_format"] {
-        if body.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_request(key, format!("`{key}` needs structured outputs, which this server does not support yet.")));
-        }
-    }
     Ok(())
+}
+
+/// The route's constraint: `response_pool`, `json_format` or one of the OpenAI/vLLM
+/// surfaces; more than one kind at once is a 422, as happy_vllm answers conflicts.
+fn constraint(f: &GenerateFields, structured: &StructuredFields) -> Result<Option<(&'static str, Constraint)>, ApiError> {
+    let other = structured.constraint()?;
+    let own = match (&f.response_pool, &f.json_format) {
+        (Some(pool), _) => {
+            if pool.is_empty() {
+                return Err(unprocessable("response_pool", "response_pool must contain at least one string."));
+            }
+            Some(("response_pool", Constraint::Choice(pool.clone())))
+        }
+        (None, Some(format)) if f.json_format_is_json_schema => Some(("json_format", Constraint::JsonSchema(format.clone()))),
+        (None, Some(format)) => Some(("json_format", Constraint::JsonSchema(simple_json_schema(format)?))),
+        (None, None) => None,
+    };
+    match (own, other) {
+        (Some((a, _)), Some((b, _))) => Err(unprocessable(a, &format!("{a} and {b} cannot be used together."))),
+        (own, other) => Ok(own.or(other)),
+    }
+}
+
+/// happy_vllm's "simple json": `{"key": "string" | "integer" | "boolean" | "number" | [one
+/// of those]}` becomes an object schema with every key required.
+fn simple_json_schema(format: &Value) -> Result<Value, ApiError> {
+    const TYPES: [&str; 4] = ["string", "integer", "boolean", "number"];
+    let bad = |key: &str| unprocessable("json_format", &format!(
+        "json_format[{key:?}] must be one of {TYPES:?} or a one-element list of one of them \
+         (or set json_format_is_json_schema for a full JSON schema)."));
+    let Some(fields) = format.as_object() else {
+        return Err(unprocessable("json_format", "json_format must be an object mapping keys to value types."));
+    };
+    let mut properties = serde_json::Map::new();
+    for (key, ty) in fields {
+        let scalar = |v: &Value| v.as_str().filter(|t| TYPES.contains(t)).map(|t| json!({"type": t}));
+        let schema = match ty {
+            Value::Array(items) if items.len() == 1 => scalar(&items[0]).map(|item| json!({"type": "array", "items": item})),
+            other => scalar(other),
+        };
+        properties.insert(key.clone(), schema.ok_or_else(|| bad(key))?);
+    }
+    Ok(json!({"type": "object", "properties": properties, "required": fields.keys().collect::<Vec<_>>(),
+        "additionalProperties": false}))
 }
 
 #[utoipa::path(post, path = "/v1/generate", tag = "happy_vllm", request_body(content = inline(GenerateFields),
@@ -82,8 +123,10 @@ async fn run(State(state): State<Arc<AppState>>, Extension(rid): Extension<Reque
     stream: bool) -> Result<Response, ApiError> {
     let (fields, unknown_a) = parse_view::<GenerateFields>(&body)?;
     let (sampling, unknown_b) = parse_view::<SamplingFields>(&body)?;
+    let (structured, unknown_c) = parse_view::<StructuredFields>(&body)?;
     check_rules(&fields, &sampling, &body)?;
-    check_fields(&body, &unknown_a.intersection(&unknown_b).cloned().collect(), &["prompt_logprobs"])?;
+    check_fields(&body, &unknown_in_all(&[unknown_a, unknown_b, unknown_c]), &["prompt_logprobs"])?;
+    let constraint = constraint(&fields, &structured)?;
     let serving = state.admit()?;
     let max_tokens = match fields.max_tokens {
         Some(m) if m < 1 => return Err(ApiError::bad_request("max_tokens", format!("max_tokens must be at least 1, got {m}."))),
@@ -99,7 +142,8 @@ async fn run(State(state): State<Arc<AppState>>, Extension(rid): Extension<Reque
         .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))?
         .map_err(|e| ApiError::bad_request("prompt", e))?;
     sampling.truncate_prompt(&mut ids, serving.max_model_len)?;
-    let gen = Generation::start(&state, &rid.0, vec![ids], params)?;
+    let processors = structured::processors(&serving, constraint, &params).await?;
+    let gen = Generation::start(&state, &rid.0, vec![ids], params, processors)?;
     let prompt = fields.prompt_in_response.then_some(fields.prompt);
     let mut outputs = vec![ChoiceOutput::default(); gen.num_choices()];
     if stream {

@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use super::state::{AppState, InFlightGuard};
-use crate::engine::{EngineError, FinishReason, GenerateRequest, RequestEvent, SamplingParams, SequenceDelta, StopReason,
+use crate::engine::{EngineError, FinishReason, GenerateRequest, LogitsProcessorFactory, RequestEvent, SamplingParams, SequenceDelta, StopReason,
     TokenLogprob, Usage};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -37,8 +37,9 @@ pub struct Generation {
 
 impl Generation {
     /// Submits one engine request per prompt, all under the HTTP request id `id`.
-    pub fn start(state: &Arc<AppState>, id: &str, prompts: Vec<Vec<u32>>, params: SamplingParams)
-        -> Result<Self, ApiError> {
+    /// `processors` (structured outputs) run on every sequence of every prompt.
+    pub fn start(state: &Arc<AppState>, id: &str, prompts: Vec<Vec<u32>>, params: SamplingParams,
+        processors: Vec<LogitsProcessorFactory>) -> Result<Self, ApiError> {
         let serving = state.admit()?;
         if prompts.is_empty() {
             return Err(ApiError::bad_request("prompt", "The prompt must not be empty."));
@@ -54,7 +55,9 @@ impl Generation {
         let mut events = SelectAll::new();
         for (i, (ids, engine_id)) in prompts.into_iter().zip(engine_ids).enumerate() {
             // Dropping `events` (client gone) closes every receiver: the engine aborts them.
-            let rx = serving.engine.submit(GenerateRequest::new(engine_id, ids, params.clone()))?;
+            let mut req = GenerateRequest::new(engine_id, ids, params.clone());
+            req.logits_processors = processors.clone();
+            let rx = serving.engine.submit(req)?;
             events.push(UnboundedReceiverStream::new(rx).map(move |ev| (i, ev)).boxed());
         }
         Ok(Self {

@@ -11,10 +11,12 @@ pub mod generate;
 pub mod generation;
 pub mod protocol;
 pub mod state;
+pub mod structured;
 pub mod text;
 pub mod tokenize;
 
 use crate::config::{ServeArgs, ServerArgs};
+use crate::engine::constraint::Guidance;
 use crate::engine::{EngineCore, EngineHandle, GenerateRequest, RequestEvent, SamplingParams};
 use crate::model::LoadedModel;
 use crate::tokenizer::TokenizerInfo;
@@ -149,8 +151,13 @@ fn load(args: &ServeArgs, chat_template: Option<String>) -> anyhow::Result<Servi
     let defaults = loaded.generation_defaults.clone();
     let max_model_len = loaded.max_model_len;
     let truncation_side = loaded.tokenizer.truncation_side.clone().unwrap_or_else(|| "right".into());
+    let guidance = Guidance::new(&loaded.tokenizer, loaded.model.config().vocab_size).map(Arc::new);
+    if let Err(e) = &guidance {
+        tracing::warn!("structured outputs are unavailable for this model: {e}");
+    }
     let core = EngineCore::new(loaded, &args.engine.config()).context("starting the engine")?;
-    Ok(Serving { engine: EngineHandle::spawn(core), defaults, max_model_len, created: protocol::unix_now(), truncation_side })
+    Ok(Serving { engine: EngineHandle::spawn(core), defaults, max_model_len, created: protocol::unix_now(), truncation_side,
+        guidance })
 }
 
 /// One short generation so the first user request does not pay for lazy initialisation.

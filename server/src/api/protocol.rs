@@ -208,15 +208,11 @@ pub struct ChatFields {
     pub chat_template: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
-    #[schema(value_type = Option<Object>)]
-    pub response_format: Option<Value>,
 }
 
 /// Fields of the OpenAI / vLLM contract this server refuses rather than ignores.
-pub const UNSUPPORTED_COMPLETION_FIELDS: &[&str] = &["suffix", "prompt_logprobs", "guided_json",
-    "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "response_format", "prompt_embeds"];
-pub const UNSUPPORTED_CHAT_FIELDS: &[&str] = &["tools", "functions", "prompt_logprobs",
-    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "audio", "prediction"];
+pub const UNSUPPORTED_COMPLETION_FIELDS: &[&str] = &["suffix", "prompt_logprobs", "prompt_embeds"];
+pub const UNSUPPORTED_CHAT_FIELDS: &[&str] = &["functions", "prompt_logprobs", "audio", "prediction"];
 
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct UsageInfo {

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use crate::config::ServeArgs;
+use crate::engine::constraint::Guidance;
 use crate::engine::EngineHandle;
 use crate::metrics::{Metrics, StatsSource};
 use crate::model::GenerationDefaults;
@@ -19,6 +20,8 @@ pub struct Serving {
     pub created: u64,
     /// From tokenizer_config.json (`right` when absent), reported by /v1/info.
     pub truncation_side: String,
+    /// Structured-output compiler for this tokenizer, or why there is none.
+    pub guidance: Result<Arc<Guidance>, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 pub mod beam;
 pub mod block_manager;
+pub mod constraint;
 pub mod core;
 pub mod params;
 pub mod sampler;
