@@ -97,6 +97,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// How `tool_choice: "auto"` finds tool calls in the model's text (vLLM's parser names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCallParser {
+    Hermes,
+    #[value(name = "llama3_json")]
+    Llama3Json,
+    Mistral,
+}
+
 /// The HTTP server's own flags (names as vLLM and happy_vllm spell them).
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct ServerArgs {
@@ -137,6 +147,13 @@ pub struct ServerArgs {
     pub response_role: String,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Let `tool_choice: "auto"` parse tool calls out of the model's text (needs --tool-call-parser).
+    #[arg(long, env = "ENABLE_AUTO_TOOL_CHOICE")]
+    pub enable_auto_tool_choice: bool,
+    /// How the model writes tool calls: `hermes` (<tool_call>{…}</tool_call>), `llama3_json`
+    /// ({"name", "parameters"}) or `mistral` ([TOOL_CALLS][…]).
+    #[arg(long, env = "TOOL_CALL_PARSER", value_enum)]
+    pub tool_call_parser: Option<ToolCallParser>,
     /// Serve the effective configuration at /v1/launch_arguments.
     #[arg(long, env = "WITH_LAUNCH_ARGUMENTS")]
     pub with_launch_arguments: bool,

@@ -79,6 +79,7 @@ impl Metrics {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Abort => "abort",
+            FinishReason::ToolCalls => "tool_calls",
         };
         self.request_success.get_or_create(&vec![("finished_reason", reason)]).inc();
     }

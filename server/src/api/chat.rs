@@ -5,8 +5,9 @@ use super::extract::{check_fields, parse_view, unknown_in_all, JsonBody, Request
 use super::generation::{GenEvent, Generation};
 use super::protocol::*;
 use super::state::AppState;
+use super::tools::{ToolFields, ToolStream};
 use super::structured::{self, StructuredFields};
-use crate::engine::TokenLogprob;
+use crate::engine::{FinishReason, TokenLogprob};
 use crate::tokenizer::{render_chat_template, TokenizerInfo};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -23,8 +24,15 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
     let (fields, unknown_a) = parse_view::<ChatFields>(&body)?;
     let (sampling, unknown_b) = parse_view::<SamplingFields>(&body)?;
     let (structured, unknown_c) = parse_view::<StructuredFields>(&body)?;
-    check_fields(&body, &unknown_in_all(&[unknown_a, unknown_b, unknown_c]), UNSUPPORTED_CHAT_FIELDS)?;
-    let constraint = structured.constraint()?;
+    let (tool_fields, unknown_d) = parse_view::<ToolFields>(&body)?;
+    check_fields(&body, &unknown_in_all(&[unknown_a, unknown_b, unknown_c, unknown_d]), UNSUPPORTED_CHAT_FIELDS)?;
+    let tools = tool_fields.plan(&state.args.server)?;
+    let constraint = match (structured.constraint()?, &tools.constraint) {
+        (Some((param, _)), Some(_)) => return Err(ApiError::bad_request(param,
+            "Structured outputs cannot be combined with tool_choice \"required\" or a named function.")),
+        (c, None) => c,
+        (None, Some(c)) => Some(("tool_choice", c.clone())),
+    };
     let serving = state.admit()?;
     let model = state.resolve_model(fields.model.as_deref())?;
     let top_logprobs = match (fields.logprobs.unwrap_or(false), fields.top_logprobs) {
@@ -39,9 +47,12 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
         Some(m) => Some(m as usize),
         None => None,
     };
-    let params = sampling.to_params(&serving.defaults, max_tokens, top_logprobs)?;
+    let mut params = sampling.to_params(&serving.defaults, max_tokens, top_logprobs)?;
+    if tools.needs_special_tokens() {
+        params.skip_special_tokens = false;
+    }
     let tok = serving.engine.tokenizer().clone();
-    let render = RenderRequest::new(&fields)?;
+    let render = RenderRequest::new(&fields)?.with_tools(tools.template_tools.clone());
     let echo_text = if fields.echo.unwrap_or(false) { render.echo_text(&state.args.server.response_role) } else { String::new() };
     let mut prompt_ids = tokio::task::spawn_blocking(move || render.tokenize(&tok))
         .await
@@ -68,18 +79,34 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
         // OpenAI sends the role first, with empty content, for every choice.
         let first = (0..n)
             .map(|i| {
-                let d = ChatDelta { role: Some(role.clone()), content: Some(echo_text.clone()) };
+                let d = ChatDelta { role: Some(role.clone()), content: Some(echo_text.clone()), tool_calls: None };
                 chunk(vec![delta_choice(i, d, None, Finish::default())], None)
             })
             .collect();
+        let mut streams: Vec<ToolStream> = (0..n).map(|_| tools.streamer()).collect();
         return Ok(gen.into_sse(first, move |ev| match ev {
             GenEvent::Delta { choice, delta } => {
                 if delta.text.is_empty() && delta.finish_reason.is_none() && delta.logprobs.is_empty() {
                     return vec![];
                 }
                 let lp = top_logprobs.map(|_| chat_logprobs(&tok, &delta.logprobs));
-                let d = ChatDelta { role: None, content: Some(delta.text) };
-                let finish = Finish { finish_reason: delta.finish_reason, stop_reason: delta.stop_reason };
+                let stream = &mut streams[choice];
+                let mut out = stream.push(&delta.text);
+                let mut finish_reason = delta.finish_reason;
+                if finish_reason.is_some() {
+                    let end = stream.finish();
+                    out.content = [out.content, end.content].into_iter().flatten().reduce(|a, b| a + &b);
+                    out.tool_calls.extend(end.tool_calls);
+                    if stream.has_calls() && finish_reason == Some(FinishReason::Stop) {
+                        finish_reason = Some(FinishReason::ToolCalls);
+                    }
+                }
+                if out.content.is_none() && out.tool_calls.is_empty() && finish_reason.is_none() && lp.is_none() {
+                    return vec![];
+                }
+                let tool_calls = (!out.tool_calls.is_empty()).then_some(out.tool_calls);
+                let d = ChatDelta { role: None, content: out.content, tool_calls };
+                let finish = Finish { finish_reason, stop_reason: delta.stop_reason };
                 vec![chunk(vec![delta_choice(choice, d, lp, finish)], None)]
             }
             GenEvent::Done(usage) if include_usage => vec![chunk(vec![], Some(usage.into()))],
@@ -91,12 +118,24 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(rid)
     let choices = outputs
         .into_iter()
         .enumerate()
-        .map(|(index, out)| ChatChoice {
-            index,
-            message: Some(ChatResponseMessage { role: role.clone(), content: echo_text.clone() + &out.text, tool_calls: vec![] }),
-            delta: None,
-            logprobs: top_logprobs.map(|_| chat_logprobs(&tok, &out.logprobs)),
-            finish: Finish { finish_reason: out.finish_reason, stop_reason: out.stop_reason },
+        .map(|(index, out)| {
+            let (content, calls) = tools.extract(&out.text);
+            let finish_reason = match out.finish_reason {
+                Some(FinishReason::Stop) if !calls.is_empty() => Some(FinishReason::ToolCalls),
+                r => r,
+            };
+            let content = match content {
+                Some(c) => Some(echo_text.clone() + &c),
+                None => Some(echo_text.clone()).filter(|e| !e.is_empty()),
+            };
+            ChatChoice {
+                index,
+                message: Some(ChatResponseMessage { role: role.clone(), content,
+                    tool_calls: calls.iter().map(|c| c.to_json(None)).collect() }),
+                delta: None,
+                logprobs: top_logprobs.map(|_| chat_logprobs(&tok, &out.logprobs)),
+                finish: Finish { finish_reason, stop_reason: out.stop_reason },
+            }
         })
         .collect();
     Ok(Json(ChatResponse { id, object: "chat.completion", created, model, choices, usage: Some(usage.into()) })
@@ -139,6 +178,17 @@ impl RenderRequest {
         })
     }
 
+    /// The `tools` template variable.
+    pub(super) fn with_tools(mut self, tools: Option<Value>) -> Self {
+        if let Some(tools) = tools {
+            if !self.kwargs.is_object() {
+                self.kwargs = json!({});
+            }
+            self.kwargs["tools"] = tools;
+        }
+        self
+    }
+
     /// With `echo`, the reply starts with the last message when it has the reply's role.
     fn echo_text(&self, role: &str) -> String {
         match self.messages.last() {
@@ -170,7 +220,9 @@ impl RenderRequest {
 /// A message as chat templates expect it: text content flattened to a string.
 fn message_json(i: usize, m: &ChatMessage) -> Result<Value, ApiError> {
     let content = match &m.content {
-        None => Value::Null,
+        // An assistant turn of only tool calls has no content; simple templates concatenate
+        // `message['content']` unconditionally, so it is rendered as empty text.
+        None => Value::String(String::new()),
         Some(Content::Text(t)) => Value::String(t.clone()),
         Some(Content::Parts(parts)) => {
             let mut texts = vec![];
@@ -189,7 +241,17 @@ fn message_json(i: usize, m: &ChatMessage) -> Result<Value, ApiError> {
         v["name"] = json!(name);
     }
     if let Some(calls) = &m.tool_calls {
-        v["tool_calls"] = calls.clone();
+        // OpenAI sends arguments as a JSON string; templates index into them as objects
+        // (`tool_call.arguments | tojson`), so they are parsed back, as vLLM does.
+        let mut calls = calls.clone();
+        for call in calls.as_array_mut().into_iter().flatten() {
+            if let Some(args) = call.pointer_mut("/function/arguments") {
+                if let Some(parsed) = args.as_str().and_then(|a| serde_json::from_str::<Value>(a).ok()) {
+                    *args = parsed;
+                }
+            }
+        }
+        v["tool_calls"] = calls;
     }
     if let Some(id) = &m.tool_call_id {
         v["tool_call_id"] = json!(id);

@@ -168,6 +168,7 @@ fn shape(outputs: &[ChoiceOutput], prompt_tokens: Option<usize>, prompt: Option<
         Some(FinishReason::Stop) => "stop",
         Some(FinishReason::Length) => "length",
         Some(FinishReason::Abort) => "abort",
+        Some(FinishReason::ToolCalls) => "tool_calls",
         None => "None",
     };
     let mut v = json!({

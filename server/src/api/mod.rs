@@ -14,6 +14,7 @@ pub mod state;
 pub mod structured;
 pub mod text;
 pub mod tokenize;
+pub mod tools;
 
 use crate::config::{ServeArgs, ServerArgs};
 use crate::engine::constraint::Guidance;

@@ -291,12 +291,15 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatResponseMessage {
     pub role: String,
-    pub content: String,
+    /// null when the reply is only tool calls.
+    pub content: Option<String>,
     pub tool_calls: Vec<Value>,
 }
 

@@ -52,6 +52,7 @@ impl StructuredFields {
     pub fn constraint(&self) -> Result<Option<(&'static str, Constraint)>, ApiError> {
         let mut found: Vec<(&str, Constraint)> = vec![];
         let mut whitespace = self.guided_whitespace_pattern.clone();
+        let mut closed = false;
         if let Some(rf) = &self.response_format {
             match rf.get("type").and_then(Value::as_str) {
                 Some("text") => {}
@@ -85,7 +86,9 @@ impl StructuredFields {
                         found.push(("structured_outputs.json_object", Constraint::JsonObject))
                     }
                     "whitespace_pattern" => whitespace = Some(string(&param, v)?),
-                    "json_object" | "disable_any_whitespace" | "disable_fallback" | "disable_additional_properties" => {}
+                    "disable_additional_properties" => closed = v == &Value::Bool(true),
+                    // Free whitespace is already off, and there is no other backend to fall back to.
+                    "json_object" | "disable_any_whitespace" | "disable_fallback" => {}
                     _ => return Err(ApiError::bad_request(param, format!(
                         "structured_outputs.{key} is not supported; use json, regex, choice, grammar or json_object."))),
                 }
@@ -109,10 +112,33 @@ impl StructuredFields {
                 "Only one kind of structured output can be requested at a time, got {}.", names.join(", "))));
         }
         Ok(found.pop().map(|(name, c)| (name, match (c, whitespace) {
+            (Constraint::JsonSchema(mut s), ws) if closed => {
+                close_objects(&mut s);
+                match ws {
+                    Some(ws) => Constraint::JsonSchema(with_whitespace(s, &ws)),
+                    None => Constraint::JsonSchema(s),
+                }
+            }
             (Constraint::JsonSchema(s), Some(ws)) => Constraint::JsonSchema(with_whitespace(s, &ws)),
             (Constraint::JsonObject, Some(ws)) => Constraint::JsonSchema(with_whitespace(json!({"type": "object"}), &ws)),
             (c, _) => c,
         })))
+    }
+}
+
+/// vLLM's `disable_additional_properties`: objects that do not say otherwise get
+/// `additionalProperties: false`.
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let is_object = map.get("type") == Some(&json!("object")) || map.contains_key("properties");
+            if is_object && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
     }
 }
 
@@ -165,6 +191,13 @@ mod tests {
             Some(Constraint::Choice(vec!["a".into(), "b".into()])));
         assert_eq!(read(json!({"guided_regex": "[0-9]+"})).unwrap(), Some(Constraint::Regex("[0-9]+".into())));
         assert_eq!(read(json!({})).unwrap(), None);
+        let open = json!({"type": "object", "properties": {"p": {"type": "object", "properties": {}}}});
+        let Some(Constraint::JsonSchema(closed)) =
+            read(json!({"structured_outputs": {"json": open, "disable_additional_properties": true}})).unwrap() else {
+            panic!("a schema")
+        };
+        assert_eq!(closed["additionalProperties"], false);
+        assert_eq!(closed["properties"]["p"]["additionalProperties"], false);
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl TokenizerEnv for TrieEnv {
 /// back through GPT-2's byte↔unicode table, SentencePiece pieces with `▁` as a space and
 /// `<0xNN>` as that byte, special tokens as llguidance's marker byte + their text, and
 /// unused ids (logits beyond the vocabulary) as special placeholders.
-fn token_bytes(tokenizer: &tokenizers::Tokenizer, vocab_size: usize) -> Result<Vec<Vec<u8>>, String> {
+pub fn token_bytes(tokenizer: &tokenizers::Tokenizer, vocab_size: usize) -> Result<Vec<Vec<u8>>, String> {
     let decoder = tokenizer.get_decoder().map(|d| serde_json::to_string(d).unwrap_or_default()).unwrap_or_default();
     let byte_level = decoder.contains("\"ByteLevel\"");
     let unicode_to_byte: HashMap<char, u8> = gpt2_byte_chars().into_iter().map(|(b, c)| (c, b)).collect();

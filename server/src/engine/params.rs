@@ -201,11 +201,14 @@ impl SamplingParams {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
     Length,
     Abort,
+    /// Set by the chat API when a choice's text turned out to be tool calls; the engine
+    /// itself ends sequences with the other three.
+    ToolCalls,
 }
 
 /// What stopped a sequence with `FinishReason::Stop` (vLLM's `stop_reason`): None for EOS.

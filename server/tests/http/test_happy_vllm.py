@@ -115,7 +115,10 @@ def test_generate_stream_sends_the_object_cumulatively(server):
     ({"prompt": "x", "response_pool": ["a"], "json_format": {"a": "string"}}, 422, "response_pool"),
     ({"prompt": "x", "max_tokens": 3, "min_tokens": 3}, 422, "max_tokens"),
     ({"prompt": "x", "logits_processors": []}, 422, "logits_processors"),
-    ({"prompt": "x", "response_pool": ["Yes", "No"]}, 400, "response_pool"),
+    ({"prompt": "x", "response_pool": []}, 422, "response_pool"),
+    ({"prompt": "x", "json_format": {"a": "date"}}, 422, "json_format"),
+    ({"prompt": "x", "json_format": {"a": "string"}, "guided_regex": "a+"}, 422, "json_format"),
+    ({"prompt": "x", "json_format": {"type": "nonsense"}, "json_format_is_json_schema": True}, 400, "json_format"),
     ({"prompt": "x", "temperature": "hot"}, 400, "temperature"),
     ({"max_tokens": 2}, 400, "prompt"),
 ])

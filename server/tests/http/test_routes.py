@@ -102,7 +102,7 @@ def test_bad_completion_input(server, body, param, contains):
     ({"messages": "hello"}, "messages", "invalid type"),
     ({"messages": [{"content": "hi"}]}, "messages[0]", "role"),
     ({"messages": [{"role": "user", "content": "hi"}], "logprobs": False, "top_logprobs": 3}, "top_logprobs", None),
-    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools", "not supported"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools[0]", "function.name"),
     ({"messages": [{"role": "user", "content": "hi"}], "continue_final_message": True}, "continue_final_message", None),
 ])
 def test_bad_chat_input(server, body, param, contains):
