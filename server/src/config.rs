@@ -43,6 +43,30 @@ pub struct ModelArgs {
     /// Context length (prompt + output); defaults to the model's.
     #[arg(long, env = "MAX_MODEL_LEN")]
     pub max_model_len: Option<usize>,
+    /// generate (a causal LM), embed (a sentence-transformers encoder, served on
+    /// /v1/embeddings) or auto (embed for BERT-family folders, else generate).
+    #[arg(long, env = "TASK", value_enum, default_value_t = Task::Auto)]
+    pub task: Task,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Auto,
+    Generate,
+    #[value(alias = "embedding")]
+    Embed,
+}
+
+impl ModelArgs {
+    /// Whether this server embeds (decided from --task, else from the model's config.json).
+    pub fn embeds(&self) -> bool {
+        match self.task {
+            Task::Embed => true,
+            Task::Generate => false,
+            Task::Auto => self.model.as_deref().is_some_and(crate::model::embedding::is_embedding_model),
+        }
+    }
 }
 
 impl ModelArgs {

@@ -39,7 +39,6 @@ pub async fn readiness(State(state): State<Arc<AppState>>) -> Response {
 
 #[utoipa::path(get, path = "/v1/models", tag = "OpenAI", responses((status = 200, body = Object)))]
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let loaded = state.loaded();
     let root = state.args.model.model.as_ref().map(|p| p.display().to_string());
     let data: Vec<Value> = state
         .served_names
@@ -47,11 +46,11 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         .map(|name| json!({
             "id": name,
             "object": "model",
-            "created": loaded.map_or(0, |s| s.created),
+            "created": state.created(),
             "owned_by": "kandle",
             "root": root,
             "parent": null,
-            "max_model_len": loaded.map(|s| s.max_model_len),
+            "max_model_len": state.max_model_len(),
             "permission": [],
         }))
         .collect();
@@ -66,7 +65,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "model_name": state.served_names[0],
         "truncation_side": loaded.map_or("right", |s| s.truncation_side.as_str()),
-        "max_length": loaded.map(|s| s.max_model_len),
+        "max_length": state.max_model_len(),
     }))
 }
 
@@ -91,7 +90,7 @@ pub async fn launch_arguments(State(state): State<Arc<AppState>>) -> Json<Value>
 /// `cpu_cache_usage` the swap space Kandle does not have.
 #[utoipa::path(get, path = "/v1/live_metrics", tag = "happy_vllm", responses((status = 200, body = Object)))]
 pub async fn live_metrics(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let s = state.loaded().map(|s| s.engine.stats()).unwrap_or_default();
+    let s = state.stats();
     Json(json!({
         "requests_running": s.num_requests_running,
         "requests_swapped": 0,
@@ -111,7 +110,7 @@ pub struct AbortRequest {
     responses((status = 200, body = Object), (status = 404)))]
 pub async fn abort_request(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
     let (req, _) = parse_view::<AbortRequest>(&body)?;
-    let engine = &state.loaded().ok_or_else(|| ApiError::Unavailable("The model is still loading.".into()))?.engine;
+    let engine = &state.generative()?.engine;
     if !state.inflight.abort(&req.request_id, engine) {
         return Err(ApiError::NotFound(format!("No request with id {:?} is in flight.", req.request_id)));
     }

@@ -3,7 +3,7 @@
 //! unlike Swagger UI pages that load their scripts from a CDN.
 
 use super::state::AppState;
-use super::{admin, chat, completions, generate, protocol, text, tokenize};
+use super::{admin, chat, completions, embeddings, generate, protocol, structured, text, tokenize, tools};
 use axum::extract::State;
 use axum::response::Html;
 use axum::Json;
@@ -16,11 +16,12 @@ use utoipa::OpenApi;
     paths(completions::completions, chat::chat_completions, admin::models, admin::health, admin::liveness,
         admin::readiness, admin::info, admin::launch_arguments, admin::live_metrics, admin::abort_request, admin::metrics,
         tokenize::tokenize, tokenize::detokenize, tokenize::legacy_tokenizer, tokenize::legacy_decode, text::metadata_text,
-        text::split_text, generate::generate, generate::generate_stream),
+        text::split_text, generate::generate, generate::generate_stream, embeddings::embeddings),
     components(schemas(protocol::SamplingFields, protocol::CompletionFields, protocol::ChatFields, protocol::ChatMessage,
         protocol::Prompt, protocol::Stop, protocol::Content, protocol::StreamOptions, admin::AbortRequest,
         tokenize::TokenizeCompletion, tokenize::Detokenize, tokenize::LegacyTokenize, tokenize::LegacyDecode,
-        text::MetadataText, text::SplitText, generate::GenerateFields))
+        text::MetadataText, text::SplitText, generate::GenerateFields, structured::StructuredFields, tools::ToolFields,
+        embeddings::EmbeddingFields))
 )]
 struct ApiDoc;
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod docs;
+pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod generate;
@@ -29,7 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
-use state::{AppState, Phase, Serving};
+use state::{AppState, EmbedServing, Phase, Serving};
+use crate::embed::EmbedHandle;
+use crate::model::embedding::EmbeddingModel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
@@ -41,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let openai = Router::new()
         .route("/completions", post(completions::completions))
         .route("/chat/completions", post(chat::chat_completions))
+        .route("/embeddings", post(embeddings::embeddings))
         .route("/models", get(admin::models));
     let api = Router::new()
         .nest("/v1", openai.clone())
@@ -190,6 +194,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let loader_state = state.clone();
     tokio::spawn(async move {
         let t0 = Instant::now();
+        if args.model.embeds() {
+            let loaded = tokio::task::spawn_blocking(move || load_embedding(&args)).await;
+            let result = match loaded {
+                Ok(Ok(serving)) => {
+                    let embedder = serving.embedder.clone();
+                    loader_state.install_embedder(serving);
+                    embedder.embed(vec![vec![0, 1]]).await.map(|_| ()).map_err(anyhow::Error::msg)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("the loader panicked: {e}")),
+            };
+            return finish_loading(&loader_state, t0, result, fail_tx);
+        }
         let loaded = tokio::task::spawn_blocking(move || load(&args, chat_template)).await;
         let result = match loaded {
             Ok(Ok(serving)) => {
@@ -201,16 +218,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("the loader panicked: {e}")),
         };
-        match result {
-            Ok(()) => {
-                loader_state.set_phase(Phase::Ready);
-                tracing::info!(seconds = t0.elapsed().as_secs_f64(), "model loaded and warmed up; ready");
-            }
-            Err(e) => {
-                loader_state.set_phase(Phase::Failed);
-                let _ = fail_tx.send(e);
-            }
-        }
+        finish_loading(&loader_state, t0, result, fail_tx);
     });
 
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
@@ -227,6 +235,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Ready after a successful load and warm-up; otherwise the server stops with the error.
+fn finish_loading(state: &AppState, t0: Instant, result: anyhow::Result<()>, fail: tokio::sync::oneshot::Sender<anyhow::Error>) {
+    match result {
+        Ok(()) => {
+            state.set_phase(Phase::Ready);
+            tracing::info!(seconds = t0.elapsed().as_secs_f64(), "model loaded and warmed up; ready");
+        }
+        Err(e) => {
+            state.set_phase(Phase::Failed);
+            let _ = fail.send(e);
+        }
+    }
+}
+
+/// Loads a sentence-transformers encoder and starts its worker.
+fn load_embedding(args: &ServeArgs) -> anyhow::Result<EmbedServing> {
+    let opts = args.model.options().map_err(anyhow::Error::msg)?;
+    let device = crate::model::parse_device(&opts.device)?;
+    let model = EmbeddingModel::load(&opts.path, &device).context("loading the embedding model")?;
+    tracing::info!(dim = model.dim, max_len = model.max_len, pooling = ?model.pooling, normalize = model.normalize,
+        "embedding model loaded");
+    Ok(EmbedServing { embedder: EmbedHandle::spawn(model), created: protocol::unix_now() })
 }
 
 async fn termination() {

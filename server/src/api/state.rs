@@ -4,7 +4,8 @@
 use super::error::ApiError;
 use crate::config::ServeArgs;
 use crate::engine::constraint::Guidance;
-use crate::engine::EngineHandle;
+use crate::embed::EmbedHandle;
+use crate::engine::{EngineHandle, StatsSnapshot};
 use crate::metrics::{Metrics, StatsSource};
 use crate::model::GenerationDefaults;
 use std::collections::HashMap;
@@ -24,6 +25,12 @@ pub struct Serving {
     pub guidance: Result<Arc<Guidance>, String>,
 }
 
+/// A loaded embedding model (servers started with an encoder).
+pub struct EmbedServing {
+    pub embedder: EmbedHandle,
+    pub created: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Phase {
@@ -38,6 +45,7 @@ pub struct AppState {
     /// Names accepted in `model`; the first is the one reported.
     pub served_names: Vec<String>,
     serving: OnceLock<Serving>,
+    embedding: OnceLock<EmbedServing>,
     phase: AtomicU8,
     pub inflight: InFlight,
     pub metrics: Metrics,
@@ -58,6 +66,7 @@ impl AppState {
             args,
             served_names,
             serving: OnceLock::new(),
+            embedding: OnceLock::new(),
             phase: AtomicU8::new(Phase::Loading as u8),
             inflight: InFlight::default(),
             stats,
@@ -84,6 +93,60 @@ impl AppState {
         let _ = self.serving.set(serving);
     }
 
+    /// Installs the loaded embedding model (once) and points the metrics at its worker.
+    pub fn install_embedder(&self, serving: EmbedServing) {
+        let embedder = serving.embedder.clone();
+        let _ = self.stats.set(Box::new(move || embedder.stats()));
+        let _ = self.embedding.set(serving);
+    }
+
+    /// Unix time the model finished loading, 0 while loading.
+    pub fn created(&self) -> u64 {
+        self.serving.get().map(|s| s.created).or(self.embedding.get().map(|e| e.created)).unwrap_or(0)
+    }
+
+    /// The longest input the model takes, once loaded.
+    pub fn max_model_len(&self) -> Option<usize> {
+        self.serving.get().map(|s| s.max_model_len).or(self.embedding.get().map(|e| e.embedder.model.max_len))
+    }
+
+    /// Live queue counters of whichever model is loaded.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.get().map(|f| f()).unwrap_or_default()
+    }
+
+    /// The embedding model for a new /v1/embeddings request (503 while loading or draining).
+    pub fn admit_embedding(&self) -> Result<&EmbedServing, ApiError> {
+        self.check_phase()?;
+        if self.serving.get().is_some() {
+            return Err(ApiError::bad_request("model", "This server serves a generative model; embeddings need an \
+                embedding model (start the server on a sentence-transformers folder, or with --task embed)."));
+        }
+        self.embedding.get().ok_or_else(|| ApiError::Unavailable("The model is still loading.".into()))
+    }
+
+    fn check_phase(&self) -> Result<(), ApiError> {
+        match self.phase() {
+            Phase::Loading => Err(ApiError::Unavailable("The model is still loading.".into())),
+            Phase::Draining => Err(ApiError::Unavailable("The server is shutting down.".into())),
+            Phase::Failed => Err(ApiError::Unavailable("The engine failed to start; see the server log.".into())),
+            Phase::Ready => Ok(()),
+        }
+    }
+
+    /// The generative model for read-only routes (tokenizer, text utilities, abort): 503
+    /// while loading, 400 on a server that embeds.
+    pub fn generative(&self) -> Result<&Serving, ApiError> {
+        if let Some(s) = self.serving.get() {
+            return Ok(s);
+        }
+        if self.embedding.get().is_some() {
+            return Err(ApiError::bad_request("model", "This server serves an embedding model; this route needs a \
+                generative one."));
+        }
+        Err(ApiError::Unavailable("The model is still loading.".into()))
+    }
+
     /// The engine, if it is loaded (for read-only routes that work while draining).
     pub fn loaded(&self) -> Option<&Serving> {
         self.serving.get()
@@ -92,11 +155,9 @@ impl AppState {
     /// The engine for a new generation request: 503 + Retry-After while loading, draining
     /// or overloaded.
     pub fn admit(&self) -> Result<&Serving, ApiError> {
-        match self.phase() {
-            Phase::Loading => return Err(ApiError::Unavailable("The model is still loading.".into())),
-            Phase::Draining => return Err(ApiError::Unavailable("The server is shutting down.".into())),
-            Phase::Failed => return Err(ApiError::Unavailable("The engine failed to start; see the server log.".into())),
-            Phase::Ready => {}
+        self.check_phase()?;
+        if self.embedding.get().is_some() {
+            return Err(ApiError::bad_request("model", "This server serves an embedding model: use /v1/embeddings."));
         }
         let serving = self.serving.get().ok_or_else(|| ApiError::Unavailable("The model is still loading.".into()))?;
         if let Some(max) = self.args.server.max_waiting_requests {

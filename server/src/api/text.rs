@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 fn loaded(state: &AppState) -> Result<&super::state::Serving, ApiError> {
-    state.loaded().ok_or_else(|| ApiError::Unavailable("The model is still loading.".into()))
+    state.generative()
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

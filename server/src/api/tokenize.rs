@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 fn tokenizer(state: &AppState) -> Result<Arc<TokenizerInfo>, ApiError> {
-    let serving = state.loaded().ok_or_else(|| ApiError::Unavailable("The model is still loading.".into()))?;
+    let serving = state.generative()?;
     Ok(serving.engine.tokenizer().clone())
 }
 

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod embedding;
 #[cfg(feature = "cuda")]
 pub mod cuda_attention;
 #[cfg(feature = "cuda")]
