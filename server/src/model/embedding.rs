@@ -1,13 +1,12 @@
 //! Sentence-transformers embedding models (BERT family) loaded from the folder users have:
 //! `config.json`, `model.safetensors`, `tokenizer.json`, `modules.json` (which says whether
 //! a Pooling and a Normalize module follow the transformer), `1_Pooling/config.json` and
-//! `sentence_bert_config.json` (the max sequence length). The encoder is candle-transformers'
-//! BERT; pooling and normalisation follow sentence-transformers.
+//! `sentence_bert_config.json` (the max sequence length). The encoder is `bert.rs` (ragged
+//! batches, CPU); pooling and normalisation follow sentence-transformers.
 
+use super::bert::{load_tensors, BertEncoder, BertShape};
 use super::ModelError;
-use candle_core::{DType, Device, Tensor, D};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_core::Device;
 use serde_json::Value;
 use std::path::Path;
 use tokenizers::{PostProcessor, Tokenizer};
@@ -21,15 +20,13 @@ pub enum Pooling {
 }
 
 pub struct EmbeddingModel {
-    bert: BertModel,
+    bert: BertEncoder,
     pub tokenizer: Tokenizer,
     pub pooling: Pooling,
     pub normalize: bool,
     /// Longest input in tokens, special tokens included (sentence-transformers' max_seq_length).
     pub max_len: usize,
     pub dim: usize,
-    pad_id: u32,
-    device: Device,
 }
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
@@ -57,28 +54,43 @@ impl EmbeddingModel {
                 found: format!("{} (embeddings support the BERT family)", cfg_value["model_type"]),
             });
         }
-        let cfg: BertConfig = serde_json::from_value(cfg_value.clone())
-            .map_err(|e| ModelError::InvalidConfig(format!("config.json: {e}")))?;
+        if !device.is_cpu() {
+            return Err(ModelError::Device(format!("{device:?}"), "embedding models run on the CPU".into()));
+        }
+        let num = |k: &str| cfg_value[k].as_u64().map(|v| v as usize)
+            .ok_or_else(|| ModelError::InvalidConfig(format!("config.json: `{k}` is missing")));
+        let act = cfg_value["hidden_act"].as_str().unwrap_or("gelu");
+        if act != "gelu" {
+            return Err(ModelError::InvalidConfig(format!("config.json: hidden_act {act:?} is not supported (gelu is)")));
+        }
+        if cfg_value["position_embedding_type"].as_str().is_some_and(|p| p != "absolute") {
+            return Err(ModelError::InvalidConfig("config.json: only absolute position embeddings are supported".into()));
+        }
+        let shape = BertShape {
+            hidden: num("hidden_size")?,
+            heads: num("num_attention_heads")?,
+            layers: num("num_hidden_layers")?,
+            eps: cfg_value["layer_norm_eps"].as_f64().unwrap_or(1e-12),
+            max_positions: num("max_position_embeddings")?,
+            vocab: num("vocab_size")?,
+        };
         let (pooling, normalize) = read_modules(dir)?;
         let max_seq = read_json(&dir.join("sentence_bert_config.json")).ok().and_then(|v| v["max_seq_length"].as_u64());
-        let max_len = max_seq.map_or(cfg.max_position_embeddings, |m| (m as usize).min(cfg.max_position_embeddings));
+        let max_len = max_seq.map_or(shape.max_positions, |m| (m as usize).min(shape.max_positions));
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(ModelError::MissingFile(tok_path));
         }
         let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        // The folder's tokenizer.json often pads/truncates to a fixed length: batching pads
-        // here instead, and over-long inputs are the API's decision.
+        // The folder's tokenizer.json often pads/truncates to a fixed length: batching does
+        // not pad at all, and over-long inputs are the API's decision.
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let weights = ["model.safetensors", "pytorch_model.safetensors"].iter().map(|f| dir.join(f)).find(|p| p.exists())
             .ok_or_else(|| ModelError::MissingFile(dir.join("model.safetensors")))?;
-        // SAFETY: the file is memory-mapped read-only and not modified while the model lives.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
-            .map_err(|e| ModelError::Load(e.to_string()))?;
-        let bert = BertModel::load(vb, &cfg).map_err(|e| ModelError::Load(e.to_string()))?;
-        let pad_id = cfg_value["pad_token_id"].as_u64().unwrap_or(0) as u32;
-        Ok(Self { bert, tokenizer, pooling, normalize, max_len, dim: cfg.hidden_size, pad_id, device: device.clone() })
+        let tensors = load_tensors(&weights).map_err(ModelError::Load)?;
+        let bert = BertEncoder::load(&tensors, &shape).map_err(ModelError::Load)?;
+        Ok(Self { dim: shape.hidden, bert, tokenizer, pooling, normalize, max_len })
     }
 
     /// Token ids of `text` with the model's special tokens; with `truncate` = k the text is
@@ -98,42 +110,41 @@ impl EmbeddingModel {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// One embedding per input, in order. Inputs are padded to the longest of the batch;
-    /// callers group inputs of similar length to keep padding small.
-    pub fn embed(&self, inputs: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let len = inputs.iter().map(|i| i.len()).max().unwrap_or(0).max(1);
-        let b = inputs.len();
-        let mut ids = vec![self.pad_id; b * len];
-        let mut mask = vec![0f32; b * len];
-        for (row, input) in inputs.iter().enumerate() {
-            ids[row * len..row * len + input.len()].copy_from_slice(input);
-            mask[row * len..row * len + input.len()].fill(1.0);
-        }
-        let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (b, len), &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.bert.forward(&ids, &types, Some(&mask))?; // (b, len, dim)
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let m = mask.unsqueeze(2)?; // (b, len, 1)
-                let sum = hidden.broadcast_mul(&m)?.sum(1)?;
-                let count = m.sum(1)?.clamp(1e-9, f64::INFINITY)?;
-                sum.broadcast_div(&count)?
-            }
-            Pooling::Max => {
-                // Padding must never win the max: it is pushed far below any real value.
-                let penalty = ((mask.unsqueeze(2)? - 1.0)? * 1e9)?;
-                hidden.broadcast_add(&penalty)?.max(1)?
-            }
-        };
-        let pooled = if self.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
-            pooled.broadcast_div(&norm)?
-        } else {
-            pooled
-        };
-        pooled.to_vec2::<f32>()
+    /// One embedding per input, in order (inputs of any lengths share one forward pass).
+    pub fn embed(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        let h = self.dim;
+        let hidden = self.bert.forward(inputs)?;
+        let mut rows = hidden.chunks(h);
+        Ok(inputs
+            .iter()
+            .map(|input| {
+                let tokens: Vec<&[f32]> = rows.by_ref().take(input.len()).collect();
+                let mut v = match self.pooling {
+                    Pooling::Cls => tokens.first().map_or(vec![0.0; h], |t| t.to_vec()),
+                    Pooling::Mean => {
+                        let mut sum = vec![0f32; h];
+                        for t in &tokens {
+                            sum.iter_mut().zip(*t).for_each(|(s, x)| *s += x);
+                        }
+                        let n = tokens.len().max(1) as f32;
+                        sum.iter_mut().for_each(|s| *s /= n);
+                        sum
+                    }
+                    Pooling::Max => {
+                        let mut max = vec![f32::NEG_INFINITY; h];
+                        for t in &tokens {
+                            max.iter_mut().zip(*t).for_each(|(m, x)| *m = m.max(*x));
+                        }
+                        max
+                    }
+                };
+                if self.normalize {
+                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                v
+            })
+            .collect())
     }
 }
 

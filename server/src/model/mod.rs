@@ -1,6 +1,7 @@
 //! Model loading (a Hugging Face folder or a GGUF file) and the batched forward pass.
 
 pub mod attention;
+pub mod bert;
 pub mod config;
 pub mod embedding;
 #[cfg(feature = "cuda")]
