@@ -1,0 +1,3 @@
+//! Reconciliation: validate → build (pure, `build`) → server-side apply → status.
+
+pub mod build;
