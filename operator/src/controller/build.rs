@@ -26,7 +26,7 @@ pub struct BuildConfig {
 }
 
 /// A spec the operator cannot build (reported as `Ready=False, reason=InvalidSpec`).
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum SpecError {
     #[error("the resource has no name or namespace")]
     Unnamed,
