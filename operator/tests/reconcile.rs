@@ -1,71 +1,15 @@
-//! The reconciler against a Kubernetes API: a `tower-test` mock service answered by a small
-//! in-memory store (server-side apply stores the applied object, GET/DELETE read and remove,
-//! status patches merge), so the test sees exactly what the operator asked the API to do.
+//! The reconciler against a Kubernetes API (`support/fake_api.rs`: a `tower-test` mock
+//! answered from an in-memory store).
 
-use http::{Method, Request, Response, StatusCode};
+mod support;
+
 use kandle_operator::controller::build::BuildConfig;
 use kandle_operator::controller::reconcile::{reconcile, Context};
 use kandle_operator::crd::LLMDeployment;
-use kube::client::Body;
 use kube::Client;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-
-#[derive(Default)]
-struct Store {
-    /// Path (without query) → object.
-    objects: BTreeMap<String, Value>,
-    /// Every request as "METHOD path".
-    log: Vec<String>,
-    /// What a Deployment's status reads when the operator applies it.
-    deployment_status: Value,
-}
-
-fn start(store: Arc<Mutex<Store>>) -> Client {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    tokio::spawn(async move {
-        while let Some((req, respond)) = handle.next_request().await {
-            let method = req.method().clone();
-            let path = req.uri().path().to_string();
-            let body = req.into_body().collect_bytes().await.unwrap();
-            let (code, out) = serve(&store, &method, &path, &body);
-            respond.send_response(Response::builder().status(code).body(Body::from(serde_json::to_vec(&out).unwrap())).unwrap());
-        }
-    });
-    Client::new(service, "default")
-}
-
-fn not_found(path: &str) -> (StatusCode, Value) {
-    (StatusCode::NOT_FOUND, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-        "code": 404, "message": format!("{path} not found")}))
-}
-
-fn serve(store: &Mutex<Store>, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
-    let mut s = store.lock().unwrap();
-    s.log.push(format!("{method} {path}"));
-    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).unwrap() };
-    match *method {
-        Method::GET => s.objects.get(path).cloned().map_or_else(|| not_found(path), |o| (StatusCode::OK, o)),
-        Method::DELETE => s.objects.remove(path).map_or_else(|| not_found(path), |o| (StatusCode::OK, o)),
-        Method::POST => (StatusCode::CREATED, body),
-        Method::PATCH if path.ends_with("/status") => {
-            let key = path.trim_end_matches("/status").to_string();
-            let obj = s.objects.entry(key).or_insert_with(|| json!({}));
-            obj["status"] = body["status"].clone();
-            (StatusCode::OK, obj.clone())
-        }
-        Method::PATCH => {
-            let mut obj = body;
-            if obj["kind"] == "Deployment" {
-                obj["status"] = s.deployment_status.clone();
-            }
-            s.objects.insert(path.to_string(), obj.clone());
-            (StatusCode::OK, obj)
-        }
-        _ => (StatusCode::METHOD_NOT_ALLOWED, json!({})),
-    }
-}
+use support::fake_api::{start, Store};
 
 fn llm(spec: Value, status: Option<Value>) -> Arc<LLMDeployment> {
     let mut v = json!({"apiVersion": "kandle.dev/v1alpha1", "kind": "LLMDeployment",
