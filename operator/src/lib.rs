@@ -3,6 +3,8 @@
 
 pub mod controller;
 pub mod crd;
+pub mod metrics;
+pub mod run;
 
 /// The kandle-server image pods run unless a resource or `--server-image` says otherwise.
 pub const DEFAULT_SERVER_IMAGE: &str = "ghcr.io/kandle-dev/kandle-server:0.1.0";

@@ -1,5 +1,6 @@
-//! kandle-operator. `render` prints the objects an LLMDeployment turns into (like
-//! `helm template`), without a cluster: `kandle-operator render -f llm.yaml`.
+//! kandle-operator. `run` reconciles LLMDeployments in the cluster of the current kubeconfig
+//! (or the in-cluster service account); `render` prints the objects an LLMDeployment turns
+//! into (like `helm template`), without a cluster: `kandle-operator render -f llm.yaml`.
 
 use clap::{Parser, Subcommand};
 use kandle_operator::controller::build::{build, BuildConfig};
@@ -13,8 +14,28 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller.
+    Run {
+        /// Only watch this namespace (default: all).
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
+        /// kandle-server image for resources that do not name one.
+        #[arg(long, env = "KANDLE_SERVER_IMAGE", default_value = kandle_operator::DEFAULT_SERVER_IMAGE)]
+        server_image: String,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, env = "PROBE_ADDR", default_value = "0.0.0.0:8080")]
+        probe_addr: String,
+        #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Print the Deployment, Service, ConfigMap and PodDisruptionBudget each LLMDeployment
     /// in a file would get (other documents in the file are skipped).
     Render {
@@ -31,6 +52,17 @@ enum Command {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
+        Command::Run { watch_namespace, server_image, probe_addr, log_format } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+            match log_format {
+                LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+                LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            let cfg = kandle_operator::run::RunConfig { watch_namespace, server_image, probe_addr };
+            runtime.block_on(kandle_operator::run::run(cfg)).map_err(|e| e.to_string())?;
+            Ok(())
+        }
         Command::Render { file, namespace, server_image } => {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let cfg = BuildConfig { server_image };
@@ -40,7 +72,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Owner references need a uid; a rendered object has none yet.
                 llm.metadata.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
                 let name = llm.metadata.name.clone().unwrap_or_default();
-                let children = build(&llm, &cfg, None).map_err(|e| format!("{name}: {e}"))?;
+                let mut children = build(&llm, &cfg, None).map_err(|e| format!("{name}: {e}"))?;
+                // The placeholder owner does not exist: applied as is, the garbage collector
+                // would delete these objects, so rendered output carries no owner.
+                children.deployment.metadata.owner_references = None;
+                children.service.metadata.owner_references = None;
+                if let Some(c) = children.chat_template.as_mut() {
+                    c.metadata.owner_references = None;
+                }
+                if let Some(p) = children.pdb.as_mut() {
+                    p.metadata.owner_references = None;
+                }
                 let mut docs = vec![serde_yaml::to_string(&children.deployment)?, serde_yaml::to_string(&children.service)?];
                 docs.extend(children.chat_template.map(|c| serde_yaml::to_string(&c)).transpose()?);
                 docs.extend(children.pdb.map(|p| serde_yaml::to_string(&p)).transpose()?);

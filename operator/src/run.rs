@@ -1,0 +1,92 @@
+//! `kandle-operator run`: watches LLMDeployments (one namespace or all) and the objects they
+//! own, reconciles them, and serves `/healthz`, `/readyz` and `/metrics`.
+
+use crate::controller::build::BuildConfig;
+use crate::controller::reconcile::{error_policy, reconcile, Context, Error};
+use crate::crd::LLMDeployment;
+use crate::metrics::Metrics;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct RunConfig {
+    pub watch_namespace: Option<String>,
+    pub server_image: String,
+    pub probe_addr: String,
+}
+
+struct State {
+    ctx: Arc<Context>,
+    metrics: Metrics,
+}
+
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let api = |c: &Client| -> (Api<LLMDeployment>, Api<Deployment>, Api<Service>, Api<ConfigMap>, Api<PodDisruptionBudget>) {
+        match &cfg.watch_namespace {
+            Some(ns) => (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns)),
+            None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone())),
+        }
+    };
+    let (llms, deployments, services, config_maps, pdbs) = api(&client);
+    // Fail fast with a clear message when the CRD is not installed.
+    llms.list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
+        anyhow::anyhow!("cannot list LLMDeployments ({e}); is the CRD installed? kubectl apply -f crds/llmdeployment.yaml")
+    })?;
+    let state = Arc::new(State {
+        ctx: Arc::new(Context::new(client, BuildConfig { server_image: cfg.server_image })),
+        metrics: Metrics::default(),
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = {
+        let (state, ready) = (state.clone(), ready.clone());
+        axum::Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move { if ready { (axum::http::StatusCode::OK, "ok") } else { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting") } }
+            }))
+            .route("/metrics", get(move || {
+                let body = state.metrics.encode();
+                async move { body }
+            }))
+    };
+    let listener = tokio::net::TcpListener::bind(&cfg.probe_addr).await?;
+    tokio::spawn(async move { axum::serve(listener, probes).await });
+    tracing::info!(namespace = cfg.watch_namespace.as_deref().unwrap_or("<all>"), probes = %cfg.probe_addr, "starting the controller");
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kandle-operator");
+    ready.store(true, Ordering::Relaxed);
+    Controller::new(llms, watcher::Config::default())
+        .owns(deployments, owned.clone())
+        .owns(services, owned.clone())
+        .owns(config_maps, owned.clone())
+        .owns(pdbs, owned)
+        .shutdown_on_signal()
+        .run(
+            |llm, state: Arc<State>| async move {
+                let t = Instant::now();
+                let result = reconcile(llm, state.ctx.clone()).await;
+                state.metrics.observe(t.elapsed(), result.as_ref().err().map(Error::category));
+                result
+            },
+            |llm, err: &Error, state: Arc<State>| -> Action { error_policy(llm, err, state.ctx.clone()) },
+            state.clone(),
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    tracing::info!("shut down");
+    Ok(())
+}
