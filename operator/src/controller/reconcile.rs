@@ -62,8 +62,9 @@ pub async fn reconcile(llm: Arc<LLMDeployment>, ctx: Arc<Context>) -> Result<Act
         // Nothing to retry until the spec changes.
         return Ok(Action::await_change());
     }
-    let desired = llm.status.as_ref().and_then(|s| s.desired_replicas).filter(|_| autoscaled(&llm));
-    let children = build(&llm, &ctx.build, desired).expect("validated");
+    // Replicas come from spec.replicas until the autoscaler (a later issue) supplies its
+    // decision here.
+    let children = build(&llm, &ctx.build, None).expect("validated");
     let desired_replicas = children.deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let applied = apply_children(&ctx.client, &ns, children).await?;
     let seen = Observed {
@@ -74,10 +75,6 @@ pub async fn reconcile(llm: Arc<LLMDeployment>, ctx: Arc<Context>) -> Result<Act
     };
     write_status(&llm, &ctx, status::compute(&llm, &seen, now)).await?;
     Ok(Action::requeue(RESYNC))
-}
-
-fn autoscaled(llm: &LLMDeployment) -> bool {
-    llm.spec.autoscaling.as_ref().is_some_and(|a| a.enabled)
 }
 
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
