@@ -57,6 +57,14 @@ fn constrained_and_free_sequences_share_batches() {
         let t = out[2].text(i);
         assert!(t.len() == 7 && t.as_bytes()[4] == b'-' && t.chars().filter(char::is_ascii_digit).count() == 6, "{t}");
     }
+    // With ignore_eos a finished grammar keeps the sequence on end-of-sequence tokens until
+    // max_tokens instead of failing it.
+    let mut c = GenerateRequest::new("done", encode("Answer:"),
+        SamplingParams { max_tokens: Some(6), ignore_eos: true, ..SamplingParams::greedy() });
+    c.logits_processors = vec![guidance.processor(&Constraint::Choice(vec!["yes".into(), "no".into()])).unwrap()];
+    let out = run_schedule(&mut core(), vec![(0, c)]);
+    assert_eq!(out[0].tokens(0).len(), 6);
+    assert!(["yes", "no"].contains(&out[0].text(0).as_str()), "{:?}", out[0].text(0));
     // Invalid constraints fail at compile time with a message.
     assert!(guidance.processor(&Constraint::Regex("(".into())).is_err());
     assert!(guidance.processor(&Constraint::Grammar("start: nowhere".into())).is_err());

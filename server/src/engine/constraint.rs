@@ -135,12 +135,14 @@ struct GuidedProcessor {
 
 impl LogitsProcessor for GuidedProcessor {
     fn process(&mut self, output_tokens: &[u32], logits: &mut [f32]) -> Result<(), String> {
-        if self.consumed < output_tokens.len() {
+        // A finished grammar takes no more tokens; what follows it (end-of-sequence tokens
+        // generated under `ignore_eos`) is not fed to it.
+        if self.consumed < output_tokens.len() && !self.matcher.is_stopped() {
             self.matcher
                 .consume_tokens(&output_tokens[self.consumed..])
                 .map_err(|e| format!("structured output: {e}"))?;
-            self.consumed = output_tokens.len();
         }
+        self.consumed = output_tokens.len();
         // Once the grammar is complete only end-of-sequence tokens remain allowed.
         let mask = self.matcher.compute_mask_or_eos().map_err(|e| format!("structured output: {e}"))?;
         for (word, chunk) in mask.as_slice().iter().zip(logits.chunks_mut(32)) {
