@@ -102,10 +102,16 @@ fn gpu_model_from_hugging_face() {
 
 #[test]
 fn url_and_image_sources() {
-    let c = children(json!({"model": {"url": "https://example.com/models/smol.Q4_1.gguf"}}));
+    let url = "https://example.com/models/smol.Q4_1.gguf?download=true";
+    let c = children(json!({"model": {"url": url}, "server": {"env": [
+        {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}, {"name": "OTHER", "value": "x"}]}}));
     assert_eq!(flag(&c.deployment, "--model").as_deref(), Some("/model-cache/smol.Q4_1.gguf"));
     let init = &pod(&c.deployment).init_containers.as_ref().unwrap()[0];
-    assert_eq!(init.args.as_ref().unwrap()[1..3], ["--url".to_string(), "https://example.com/models/smol.Q4_1.gguf".into()]);
+    let init_args = init.args.as_ref().unwrap();
+    assert_eq!(init_args[1..3], ["--url".to_string(), url.into()]);
+    assert_eq!(init_args[init_args.len() - 2..], ["--filename".to_string(), "smol.Q4_1.gguf".into()]);
+    let init_env: Vec<&str> = init.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(init_env, ["HTTPS_PROXY"], "proxy settings reach the download, other env does not");
     let c = children(json!({"model": {"image": {"reference": "registry.example/models/llama:8b", "path": "weights"}}}));
     assert_eq!(flag(&c.deployment, "--model").as_deref(), Some("/models/weights"));
     let vol = pod(&c.deployment).volumes.as_ref().unwrap().iter().find(|v| v.name == "model").unwrap();

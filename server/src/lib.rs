@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod download;
 pub mod embed;
 pub mod engine;
 pub mod metrics;

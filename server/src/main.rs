@@ -21,6 +21,9 @@ enum Command {
     /// Write a Hugging Face folder with a real architecture's shapes and random weights
     /// (for benchmarks on machines without the real checkpoint).
     SynthModel(SynthArgs),
+    /// Fetch a Hugging Face repo or a URL into a directory (resumable, checksummed, skipped
+    /// when a previous run finished); what the operator's init container runs.
+    Download(kandle_server::download::DownloadArgs),
 }
 
 #[derive(clap::Args)]
@@ -151,6 +154,17 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => {
             init_logging(LogFormat::Text);
             generate(args)
+        }
+        Command::Download(a) => {
+            let format = match std::env::var("LOG_FORMAT").as_deref() {
+                Ok("json") => LogFormat::Json,
+                _ => LogFormat::Text,
+            };
+            init_logging(format);
+            // One thread: hf-hub's chunk tasks then start in order, so what a dropped
+            // connection leaves behind is a prefix, which is what its resume keeps.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(kandle_server::download::run(a))
         }
         Command::SynthModel(a) => {
             let t0 = std::time::Instant::now();

@@ -387,21 +387,29 @@ fn model_volume(llm: &LLMDeployment, image: &str, volumes: &mut Vec<Volume>, mou
     volumes.push(Volume { name: "model-cache".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
     let cache_mount = VolumeMount { name: "model-cache".into(), mount_path: CACHE_DIR.into(), ..Default::default() };
     mounts.push(VolumeMount { read_only: Some(true), ..cache_mount.clone() });
-    let (args, env, path) = if let Some(hf) = &m.hugging_face {
+    // The hub's mirror and proxy settings the user gives the server apply to the download.
+    let mut env: Vec<EnvVar> = llm.spec.server.env.iter()
+        .filter(|e| e.name.starts_with("HF_") || e.name.to_ascii_uppercase().ends_with("_PROXY"))
+        .cloned().collect();
+    let (args, path) = if let Some(hf) = &m.hugging_face {
         let dest = format!("{CACHE_DIR}/{}", hf.repo.replace('/', "--"));
         let mut args = vec!["download".to_string(), "--repo".into(), hf.repo.clone(), "--dest".into(), dest.clone()];
         if let Some(r) = &hf.revision {
             args.extend(["--revision".into(), r.clone()]);
         }
-        let env = hf.token_secret_ref.as_ref().map(|s| vec![EnvVar { name: "HF_TOKEN".into(),
-            value_from: Some(EnvVarSource { secret_key_ref: Some(s.clone()), ..Default::default() }), ..Default::default() }]);
-        (args, env, dest)
+        if let Some(s) = &hf.token_secret_ref {
+            env.retain(|e| e.name != "HF_TOKEN");
+            env.push(EnvVar { name: "HF_TOKEN".into(),
+                value_from: Some(EnvVarSource { secret_key_ref: Some(s.clone()), ..Default::default() }), ..Default::default() });
+        }
+        (args, dest)
     } else {
         let url = m.url.clone().unwrap_or_default();
-        let file = url.rsplit('/').next().filter(|f| !f.is_empty()).unwrap_or("model.gguf").to_string();
-        let args = vec!["download".to_string(), "--url".into(), url, "--dest".into(), CACHE_DIR.into()];
-        (args, None, format!("{CACHE_DIR}/{file}"))
+        let file = url_file_name(&url);
+        let args = vec!["download".to_string(), "--url".into(), url, "--dest".into(), CACHE_DIR.into(), "--filename".into(), file.clone()];
+        (args, format!("{CACHE_DIR}/{file}"))
     };
+    let env = (!env.is_empty()).then_some(env);
     init.push(Container {
         name: "download-model".into(),
         image: Some(image.to_string()),
@@ -412,4 +420,11 @@ fn model_volume(llm: &LLMDeployment, image: &str, volumes: &mut Vec<Volume>, mou
         ..Default::default()
     });
     path
+}
+
+/// The file a URL source is saved as: its last path segment, without query or fragment.
+fn url_file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let path = path.split_once("://").map_or(path, |(_, rest)| rest.split_once('/').map_or("", |(_, p)| p));
+    path.rsplit('/').next().filter(|f| !f.is_empty() && !f.starts_with('.')).unwrap_or("model.gguf").to_string()
 }
