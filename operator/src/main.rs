@@ -35,6 +35,18 @@ enum Command {
         probe_addr: String,
         #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Reconcile only while holding a Lease, so several replicas can run (one active).
+        #[arg(long, env = "LEADER_ELECT")]
+        leader_elect: bool,
+        /// Name of the Lease.
+        #[arg(long, env = "LEADER_ELECTION_ID", default_value = "kandle-operator-leader")]
+        leader_election_id: String,
+        /// Namespace of the Lease (default: the operator pod's namespace).
+        #[arg(long, env = "POD_NAMESPACE")]
+        leader_election_namespace: Option<String>,
+        /// Seconds a lease lasts without renewal: how long a crashed leader blocks failover.
+        #[arg(long, default_value_t = 15)]
+        leader_election_lease_duration: u64,
     },
     /// Print the Deployment, Service, ConfigMap and PodDisruptionBudget each LLMDeployment
     /// in a file would get (other documents in the file are skipped).
@@ -50,16 +62,40 @@ enum Command {
     },
 }
 
+/// The namespace of the service account the operator runs as (in a pod), else `default`.
+fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// The lease holder's name: the pod name (`POD_NAME`, else the hostname, which is the pod
+/// name in Kubernetes), plus the pid so two local processes never share one.
+fn own_identity() -> String {
+    let host = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "kandle-operator".into());
+    format!("{host}_{}", std::process::id())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Run { watch_namespace, server_image, probe_addr, log_format } => {
+        Command::Run { watch_namespace, server_image, probe_addr, log_format, leader_elect, leader_election_id,
+            leader_election_namespace, leader_election_lease_duration } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             match log_format {
                 LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
                 LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
             }
             let runtime = tokio::runtime::Runtime::new()?;
-            let cfg = kandle_operator::run::RunConfig { watch_namespace, server_image, probe_addr };
+            let election = leader_elect.then(|| kandle_operator::leader::ElectionConfig {
+                lease_name: leader_election_id,
+                namespace: leader_election_namespace.unwrap_or_else(own_namespace),
+                identity: own_identity(),
+                lease_duration_secs: leader_election_lease_duration.max(2),
+                renew_before_secs: (leader_election_lease_duration / 3).max(1),
+            });
+            let cfg = kandle_operator::run::RunConfig { watch_namespace, server_image, probe_addr, election };
             runtime.block_on(kandle_operator::run::run(cfg)).map_err(|e| e.to_string())?;
             Ok(())
         }

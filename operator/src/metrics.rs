@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabel, Counter>,
     errors: Family<CategoryLabel, Counter>,
     duration: Histogram,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -34,7 +36,9 @@ impl Default for Metrics {
         registry.register("kandle_operator_reconciles", "Reconciliations by result", reconciles.clone());
         registry.register("kandle_operator_reconcile_errors", "Failed reconciliations by error category", errors.clone());
         registry.register("kandle_operator_reconcile_duration_seconds", "Time one reconciliation took", duration.clone());
-        Self { registry, reconciles, errors, duration }
+        let leader = Gauge::default();
+        registry.register("kandle_operator_leader", "1 while this replica holds the leader lease and reconciles", leader.clone());
+        Self { registry, reconciles, errors, duration, leader }
     }
 }
 
@@ -45,6 +49,10 @@ impl Metrics {
         if let Some(category) = error {
             self.errors.get_or_create(&CategoryLabel { category }).inc();
         }
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(leader as i64);
     }
 
     pub fn encode(&self) -> String {

@@ -4,6 +4,7 @@
 use crate::controller::build::BuildConfig;
 use crate::controller::reconcile::{error_policy, reconcile, Context, Error};
 use crate::crd::LLMDeployment;
+use crate::leader::{ElectionConfig, Leadership};
 use crate::metrics::Metrics;
 use axum::routing::get;
 use futures::StreamExt;
@@ -21,6 +22,24 @@ pub struct RunConfig {
     pub watch_namespace: Option<String>,
     pub server_image: String,
     pub probe_addr: String,
+    /// Reconcile only while holding this Lease (for more than one replica).
+    pub election: Option<ElectionConfig>,
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 struct State {
@@ -62,15 +81,47 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(&cfg.probe_addr).await?;
     tokio::spawn(async move { axum::serve(listener, probes).await });
+    // A standby replica is healthy and ready; it just does not reconcile.
+    ready.store(true, Ordering::Relaxed);
+    let leadership = match &cfg.election {
+        Some(e) => tokio::select! {
+            l = Leadership::acquire(state.ctx.client.clone(), e) => Some(l?),
+            _ = shutdown_signal() => {
+                tracing::info!("shut down before becoming the leader");
+                return Ok(());
+            }
+        },
+        None => None,
+    };
+    state.metrics.set_leader(true);
+    let lost = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let lost_lease = leadership.as_ref().map(|l| l.lost());
+        let lost = lost.clone();
+        async move {
+            let lost_lease = async move {
+                match lost_lease {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("shutting down"),
+                _ = lost_lease => {
+                    tracing::error!("lost the leader lease; stopping so that only one replica reconciles");
+                    lost.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    };
     tracing::info!(namespace = cfg.watch_namespace.as_deref().unwrap_or("<all>"), probes = %cfg.probe_addr, "starting the controller");
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kandle-operator");
-    ready.store(true, Ordering::Relaxed);
     Controller::new(llms, watcher::Config::default())
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
         .owns(config_maps, owned.clone())
         .owns(pdbs, owned)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(
             |llm, state: Arc<State>| async move {
                 let t = Instant::now();
@@ -87,6 +138,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             }
         })
         .await;
+    state.metrics.set_leader(false);
+    if let Some(l) = leadership {
+        l.release().await;
+    }
+    if lost.load(Ordering::Relaxed) {
+        anyhow::bail!("lost the leader lease");
+    }
     tracing::info!("shut down");
     Ok(())
 }

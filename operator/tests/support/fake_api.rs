@@ -18,6 +18,8 @@ pub struct Store {
     pub log: Vec<String>,
     /// What a Deployment's status reads when the operator applies it.
     pub deployment_status: Value,
+    /// Lease path → spec field → field manager that last set it.
+    pub lease_owners: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 pub fn start(store: Arc<Mutex<Store>>) -> Client {
@@ -26,8 +28,14 @@ pub fn start(store: Arc<Mutex<Store>>) -> Client {
         while let Some((req, respond)) = handle.next_request().await {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            let apply = req.headers().get("content-type").is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"));
             let body = req.into_body().collect_bytes().await.unwrap();
-            let (code, out) = serve(&store, &method, &path, &body);
+            let (code, out) = if path.contains("/leases") {
+                serve_lease(&store, &method, &path, &query, apply, &body)
+            } else {
+                serve(&store, &method, &path, &body)
+            };
             respond.send_response(Response::builder().status(code).body(Body::from(serde_json::to_vec(&out).unwrap())).unwrap());
         }
     });
@@ -65,3 +73,59 @@ fn serve(store: &Mutex<Store>, method: &Method, path: &str, body: &[u8]) -> (Sta
     }
 }
 
+
+fn status(code: StatusCode, reason: &str, message: String) -> (StatusCode, Value) {
+    (code, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code.as_u16(), "message": message}))
+}
+
+/// Leases with the server-side-apply ownership leader election relies on: an apply that
+/// changes a spec field another field manager set is a 409 Conflict (unless forced); merge
+/// patches take ownership of what they set and `null` removes a field.
+fn serve_lease(store: &Mutex<Store>, method: &Method, path: &str, query: &str, apply: bool, body: &[u8]) -> (StatusCode, Value) {
+    let mut s = store.lock().unwrap();
+    s.log.push(format!("{method} {path}"));
+    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).unwrap() };
+    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('='))).map(str::to_string);
+    match *method {
+        Method::GET => s.objects.get(path).cloned().map_or_else(|| not_found(path), |o| (StatusCode::OK, o)),
+        Method::POST => {
+            let key = format!("{path}/{}", body["metadata"]["name"].as_str().unwrap_or_default());
+            if s.objects.contains_key(&key) {
+                return status(StatusCode::CONFLICT, "AlreadyExists", format!("{key} already exists"));
+            }
+            let mut obj = body;
+            obj["metadata"]["resourceVersion"] = json!("1");
+            s.objects.insert(key, obj.clone());
+            (StatusCode::CREATED, obj)
+        }
+        Method::PATCH => {
+            let manager = param("fieldManager").unwrap_or_default();
+            let force = param("force").as_deref() == Some("true");
+            let Some(mut obj) = s.objects.get(path).cloned() else { return not_found(path) };
+            let owners = s.lease_owners.entry(path.to_string()).or_default();
+            let fields = body["spec"].as_object().cloned().unwrap_or_default();
+            if apply && !force {
+                for (k, v) in &fields {
+                    let current = &obj["spec"][k];
+                    if !current.is_null() && current != v && owners.get(k).is_some_and(|o| *o != manager) {
+                        return status(StatusCode::CONFLICT, "Conflict", format!("Apply failed with 1 conflict: conflict with {:?}: .spec.{k}", owners[k]));
+                    }
+                }
+            }
+            for (k, v) in fields {
+                if v.is_null() {
+                    obj["spec"].as_object_mut().map(|m| m.remove(&k));
+                    owners.remove(&k);
+                } else {
+                    obj["spec"][&k] = v;
+                    owners.insert(k, manager.clone());
+                }
+            }
+            let rv = obj["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            s.objects.insert(path.to_string(), obj.clone());
+            (StatusCode::OK, obj)
+        }
+        _ => (StatusCode::METHOD_NOT_ALLOWED, json!({})),
+    }
+}
