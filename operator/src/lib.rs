@@ -1,6 +1,7 @@
 //! kandle-operator: reconciles `LLMDeployment` resources (`kandle.dev/v1alpha1`) into
 //! kandle-server Deployments, Services and their companions.
 
+pub mod autoscaler;
 pub mod controller;
 pub mod crd;
 pub mod leader;

@@ -1,5 +1,5 @@
-//! The operator's own Prometheus metrics: reconciles by result, their duration, and errors
-//! by category.
+//! The operator's own Prometheus metrics: reconciles by result, their duration, errors by
+//! category, leadership, and the builtin autoscaler's decisions, replicas and scrape errors.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,12 +19,28 @@ pub struct CategoryLabel {
     pub category: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabel {
+    pub namespace: String,
+    pub name: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     errors: Family<CategoryLabel, Counter>,
     duration: Histogram,
     leader: Gauge,
+    decisions: Family<DecisionLabel, Counter>,
+    desired: Family<ObjectLabel, Gauge>,
+    current: Family<ObjectLabel, Gauge>,
+    scrape_errors: Family<ObjectLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,7 +54,15 @@ impl Default for Metrics {
         registry.register("kandle_operator_reconcile_duration_seconds", "Time one reconciliation took", duration.clone());
         let leader = Gauge::default();
         registry.register("kandle_operator_leader", "1 while this replica holds the leader lease and reconciles", leader.clone());
-        Self { registry, reconciles, errors, duration, leader }
+        let decisions = Family::<DecisionLabel, Counter>::default();
+        let desired = Family::<ObjectLabel, Gauge>::default();
+        let current = Family::<ObjectLabel, Gauge>::default();
+        let scrape_errors = Family::<ObjectLabel, Counter>::default();
+        registry.register("kandle_operator_autoscaler_decisions", "Builtin autoscaler decisions by direction and reason", decisions.clone());
+        registry.register("kandle_operator_autoscaler_desired_replicas", "Replicas the autoscaler asks for", desired.clone());
+        registry.register("kandle_operator_autoscaler_current_replicas", "Replicas the Deployment has", current.clone());
+        registry.register("kandle_operator_autoscaler_scrape_errors", "Ready pods whose /metrics could not be read", scrape_errors.clone());
+        Self { registry, reconciles, errors, duration, leader, decisions, desired, current, scrape_errors }
     }
 }
 
@@ -48,6 +72,21 @@ impl Metrics {
         self.reconciles.get_or_create(&ResultLabel { result: if error.is_some() { "error" } else { "success" } }).inc();
         if let Some(category) = error {
             self.errors.get_or_create(&CategoryLabel { category }).inc();
+        }
+    }
+
+    pub fn observe_poll(&self, namespace: &str, name: &str, poll: &crate::autoscaler::Poll, current_replicas: i32) {
+        let direction = match poll.decision.desired.cmp(&poll.current) {
+            std::cmp::Ordering::Greater => "up",
+            std::cmp::Ordering::Less => "down",
+            std::cmp::Ordering::Equal => "none",
+        };
+        self.decisions.get_or_create(&DecisionLabel { direction, reason: poll.decision.reason.as_str() }).inc();
+        let obj = ObjectLabel { namespace: namespace.into(), name: name.into() };
+        self.desired.get_or_create(&obj).set(poll.decision.desired as i64);
+        self.current.get_or_create(&obj).set(current_replicas as i64);
+        if !poll.scrape_errors.is_empty() {
+            self.scrape_errors.get_or_create(&obj).inc_by(poll.scrape_errors.len() as u64);
         }
     }
 

@@ -5,7 +5,6 @@ use crate::controller::build::BuildConfig;
 use crate::controller::reconcile::{error_policy, reconcile, Context, Error};
 use crate::crd::LLMDeployment;
 use crate::leader::{ElectionConfig, Leadership};
-use crate::metrics::Metrics;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -44,7 +43,6 @@ async fn shutdown_signal() {
 
 struct State {
     ctx: Arc<Context>,
-    metrics: Metrics,
 }
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
@@ -63,7 +61,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     })?;
     let state = Arc::new(State {
         ctx: Arc::new(Context::new(client, BuildConfig { server_image: cfg.server_image })),
-        metrics: Metrics::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let probes = {
@@ -75,7 +72,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 async move { if ready { (axum::http::StatusCode::OK, "ok") } else { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting") } }
             }))
             .route("/metrics", get(move || {
-                let body = state.metrics.encode();
+                let body = state.ctx.metrics.encode();
                 async move { body }
             }))
     };
@@ -93,7 +90,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         },
         None => None,
     };
-    state.metrics.set_leader(true);
+    state.ctx.metrics.set_leader(true);
     let lost = Arc::new(AtomicBool::new(false));
     let stop = {
         let lost_lease = leadership.as_ref().map(|l| l.lost());
@@ -126,7 +123,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             |llm, state: Arc<State>| async move {
                 let t = Instant::now();
                 let result = reconcile(llm, state.ctx.clone()).await;
-                state.metrics.observe(t.elapsed(), result.as_ref().err().map(Error::category));
+                state.ctx.metrics.observe(t.elapsed(), result.as_ref().err().map(Error::category));
                 result
             },
             |llm, err: &Error, state: Arc<State>| -> Action { error_policy(llm, err, state.ctx.clone()) },
@@ -138,7 +135,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             }
         })
         .await;
-    state.metrics.set_leader(false);
+    state.ctx.metrics.set_leader(false);
     if let Some(l) = leadership {
         l.release().await;
     }

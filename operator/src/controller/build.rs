@@ -61,12 +61,24 @@ pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(INSTANCE_LABEL.to_string(), name.to_string())])
 }
 
-fn labels(name: &str) -> BTreeMap<String, String> {
+pub fn labels(name: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(name);
     l.insert("app.kubernetes.io/name".into(), "kandle-server".into());
     l.insert("app.kubernetes.io/instance".into(), name.into());
     l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
     l
+}
+
+/// Metadata of an object `llm` owns: same namespace and labels, a controller reference.
+pub fn child_meta(llm: &LLMDeployment, object_name: String) -> Result<ObjectMeta, SpecError> {
+    let name = llm.meta().name.clone().ok_or(SpecError::Unnamed)?;
+    Ok(ObjectMeta {
+        name: Some(object_name),
+        namespace: Some(llm.meta().namespace.clone().ok_or(SpecError::Unnamed)?),
+        labels: Some(labels(&name)),
+        owner_references: Some(vec![llm.controller_owner_ref(&()).ok_or(SpecError::Unnamed)?]),
+        ..Default::default()
+    })
 }
 
 /// The label selector string of the pods (status.selector, for the scale subresource).
@@ -135,15 +147,8 @@ pub fn model_summary(spec: &LLMDeploymentSpec) -> String {
 pub fn build(llm: &LLMDeployment, cfg: &BuildConfig, desired_replicas: Option<i32>) -> Result<Children, SpecError> {
     validate(&llm.spec)?;
     let name = llm.meta().name.clone().ok_or(SpecError::Unnamed)?;
-    let namespace = llm.meta().namespace.clone().ok_or(SpecError::Unnamed)?;
-    let owner = llm.controller_owner_ref(&()).ok_or(SpecError::Unnamed)?;
-    let meta = |object_name: String| ObjectMeta {
-        name: Some(object_name),
-        namespace: Some(namespace.clone()),
-        labels: Some(labels(&name)),
-        owner_references: Some(vec![owner.clone()]),
-        ..Default::default()
-    };
+    let base = child_meta(llm, name.clone())?;
+    let meta = |object_name: String| ObjectMeta { name: Some(object_name), ..base.clone() };
     let spec = &llm.spec;
     let replicas = desired_replicas.or(spec.replicas).unwrap_or(1);
     let chat_template = spec.model.chat_template.as_ref().and_then(|t| t.inline.as_ref()).map(|text| ConfigMap {

@@ -3,7 +3,7 @@
 //! their `lastTransitionTime` while their status does not change.
 
 use super::build::{endpoint, model_summary, selector_string, SpecError};
-use crate::crd::{LLMDeployment, LLMDeploymentStatus};
+use crate::crd::{AutoscalingMetrics, LLMDeployment, LLMDeploymentStatus};
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -18,6 +18,19 @@ pub struct Observed {
     pub desired_replicas: i32,
     /// Why a referenced chat template is not usable (None: fine or none referenced).
     pub chat_template_problem: Option<(String, String)>,
+    /// Set when autoscaling is enabled.
+    pub scaling: Option<Scaling>,
+}
+
+/// What the autoscaling side of a reconcile found.
+#[derive(Debug, Clone, Default)]
+pub struct Scaling {
+    /// The ScalingActive condition: (status, reason, message).
+    pub active: (bool, String, String),
+    /// The builtin autoscaler's poll.
+    pub metrics: Option<AutoscalingMetrics>,
+    /// The replica count changed this round.
+    pub scaled: bool,
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
@@ -100,6 +113,14 @@ pub fn compute(llm: &LLMDeployment, seen: &Observed, now: Time) -> LLMDeployment
             },
             condition("ModelSourceResolved", true, "Resolved", model_summary(&llm.spec), generation, &now),
         ];
+        if let Some(sc) = &seen.scaling {
+            let (ok, reason, message) = &sc.active;
+            conds.push(condition("ScalingActive", *ok, reason, message.clone(), generation, &now));
+            status.metrics = sc.metrics.clone();
+            if sc.scaled {
+                status.last_scale_time = Some(now.clone());
+            }
+        }
         if llm.spec.model.chat_template.is_some() {
             conds.push(match &seen.chat_template_problem {
                 Some((reason, msg)) => condition("ChatTemplateResolved", false, reason, msg.clone(), generation, &now),

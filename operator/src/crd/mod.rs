@@ -191,9 +191,17 @@ pub struct ResourcesSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(cel, validation = Rule::new("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas")
     .message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'KEDA' || has(self.prometheusAddress)")
+    .message("KEDA mode needs prometheusAddress"))]
 pub struct AutoscalingSpec {
     #[serde(default)]
     pub enabled: bool,
+    /// Builtin (default): the operator scrapes the pods itself. HPA: an autoscaling/v2 HPA on
+    /// the Pods metric `vllm:num_requests_waiting` (needs a custom-metrics adapter). KEDA: a
+    /// ScaledObject with a Prometheus trigger (needs KEDA and `prometheusAddress`).
+    pub mode: Option<AutoscalingMode>,
+    /// Prometheus the KEDA trigger queries, e.g. `http://prometheus.monitoring.svc:9090`.
+    pub prometheus_address: Option<String>,
     #[schemars(range(min = 0))]
     pub min_replicas: Option<i32>,
     #[schemars(range(min = 1))]
@@ -213,6 +221,26 @@ pub struct AutoscalingSpec {
     /// How long load must stay below target before each step down (default 300).
     #[schemars(range(min = 0))]
     pub scale_down_delay_seconds: Option<i32>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AutoscalingMode {
+    #[default]
+    Builtin,
+    #[serde(rename = "HPA")]
+    Hpa,
+    #[serde(rename = "KEDA")]
+    Keda,
+}
+
+impl AutoscalingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "Builtin",
+            Self::Hpa => "HPA",
+            Self::Keda => "KEDA",
+        }
+    }
 }
 
 #[serde_with::skip_serializing_none]
@@ -258,6 +286,25 @@ pub struct LLMDeploymentStatus {
     /// The model source in one line (printer column).
     pub model: Option<String>,
     pub last_scale_time: Option<Time>,
+    /// What the builtin autoscaler saw at its last poll.
+    pub metrics: Option<AutoscalingMetrics>,
+}
+
+/// The builtin autoscaler's last poll, per replica.
+#[serde_with::skip_serializing_none]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingMetrics {
+    pub scraped_pods: i32,
+    /// Ready pods whose metrics could not be read (their load is unknown, not zero).
+    pub unscraped_pods: i32,
+    pub starting_pods: i32,
+    pub waiting_per_replica: f64,
+    pub running_per_replica: f64,
+    /// Mean KV-cache usage (0–1) of the scraped pods.
+    pub kv_cache_usage: f64,
+    /// The last decision's reason (RequestLoad, KvCacheUsage, Stable, ScaleDownDelayed, …).
+    pub reason: String,
 }
 
 impl LLMDeploymentSpec {
