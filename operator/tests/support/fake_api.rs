@@ -34,7 +34,7 @@ pub fn start(store: Arc<Mutex<Store>>) -> Client {
             let (code, out) = if path.contains("/leases") {
                 serve_lease(&store, &method, &path, &query, apply, &body)
             } else {
-                serve(&store, &method, &path, &body)
+                serve(&store, &method, &path, &query, &body)
             };
             respond.send_response(Response::builder().status(code).body(Body::from(serde_json::to_vec(&out).unwrap())).unwrap());
         }
@@ -47,12 +47,38 @@ fn not_found(path: &str) -> (StatusCode, Value) {
         "code": 404, "message": format!("{path} not found")}))
 }
 
-fn serve(store: &Mutex<Store>, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
+/// A GET of a collection: the stored objects directly under `path` whose labels match the
+/// equality-based `labelSelector` of the query.
+fn list(s: &Store, path: &str, query: &str) -> Option<Value> {
+    let selector: Vec<(String, String)> = query.split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+        .map(|sel| {
+            let sel = sel.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/");
+            sel.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        })
+        .unwrap_or_default();
+    let prefix = format!("{path}/");
+    let items: Vec<Value> = s.objects.iter()
+        .filter(|(k, _)| k.strip_prefix(&prefix).is_some_and(|rest| !rest.contains('/')))
+        .map(|(_, v)| v.clone())
+        .filter(|o| selector.iter().all(|(k, v)| o["metadata"]["labels"][k] == v.as_str()))
+        .collect();
+    // /api/v1/namespaces/NS/RESOURCE or /apis/GROUP/VERSION/namespaces/NS/RESOURCE.
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let is_collection = matches!((segments[0], segments.len()), ("api", 5) | ("apis", 6));
+    is_collection
+        .then(|| json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}))
+}
+
+fn serve(store: &Mutex<Store>, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
     let mut s = store.lock().unwrap();
     s.log.push(format!("{method} {path}"));
     let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).unwrap() };
     match *method {
-        Method::GET => s.objects.get(path).cloned().map_or_else(|| not_found(path), |o| (StatusCode::OK, o)),
+        Method::GET => match s.objects.get(path).cloned() {
+            Some(o) => (StatusCode::OK, o),
+            None => list(&s, path, query).map_or_else(|| not_found(path), |l| (StatusCode::OK, l)),
+        },
         Method::DELETE => s.objects.remove(path).map_or_else(|| not_found(path), |o| (StatusCode::OK, o)),
         Method::POST => (StatusCode::CREATED, body),
         Method::PATCH if path.ends_with("/status") => {
