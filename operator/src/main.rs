@@ -122,6 +122,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut docs = vec![serde_yaml::to_string(&children.deployment)?, serde_yaml::to_string(&children.service)?];
                 docs.extend(children.chat_template.map(|c| serde_yaml::to_string(&c)).transpose()?);
                 docs.extend(children.pdb.map(|p| serde_yaml::to_string(&p)).transpose()?);
+                // HPA / KEDA modes hand scaling to an object of their own.
+                if let Some(a) = llm.spec.autoscaling.as_ref().filter(|a| a.enabled) {
+                    use kandle_operator::autoscaler::{external, policy, poll_interval};
+                    use kandle_operator::crd::AutoscalingMode;
+                    let p = policy(a);
+                    match a.mode.unwrap_or_default() {
+                        AutoscalingMode::Builtin => {}
+                        AutoscalingMode::Hpa => {
+                            let mut hpa = external::hpa(&llm, a, &p).map_err(|e| format!("{name}: {e}"))?;
+                            hpa.metadata.owner_references = None;
+                            docs.push(serde_yaml::to_string(&hpa)?);
+                        }
+                        AutoscalingMode::Keda => {
+                            let mut so = external::scaled_object(&llm, a, &p, poll_interval(a).as_secs()).map_err(|e| format!("{name}: {e}"))?;
+                            so.metadata.owner_references = None;
+                            docs.push(serde_yaml::to_string(&so)?);
+                        }
+                    }
+                }
                 for doc in docs {
                     print!("---\n{doc}");
                 }

@@ -165,6 +165,7 @@ fn invalid_specs_build_nothing() {
         (json!({"model": {}}), SpecError::ModelSource(0)),
         (json!({"model": {"pvc": {"claimName": "a"}, "url": "https://x/y.gguf"}}), SpecError::ModelSource(2)),
         (json!({"model": {"url": "ftp://x/y.gguf"}}), SpecError::Url("ftp://x/y.gguf".into())),
+        (json!({"model": {"url": "https://x/y.gguf"}, "autoscaling": {"enabled": true, "mode": "KEDA"}}), SpecError::KedaPrometheus),
         (json!({"model": {"pvc": {"claimName": "a"}, "chatTemplate": {}}}), SpecError::ChatTemplate),
         (json!({"model": {"pvc": {"claimName": "a"}}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
             SpecError::ReplicaBounds(5, 2)),

@@ -38,6 +38,8 @@ pub enum SpecError {
     ReplicaBounds(i32, i32),
     #[error("url {0:?} is not http(s)")]
     Url(String),
+    #[error("autoscaling mode KEDA needs prometheusAddress")]
+    KedaPrometheus,
 }
 
 /// Everything one LLMDeployment owns.
@@ -120,6 +122,9 @@ pub fn validate(spec: &LLMDeploymentSpec) -> Result<(), SpecError> {
             if min > max {
                 return Err(SpecError::ReplicaBounds(min, max));
             }
+        }
+        if a.mode == Some(crate::crd::AutoscalingMode::Keda) && a.prometheus_address.as_deref().is_none_or(str::is_empty) {
+            return Err(SpecError::KedaPrometheus);
         }
     }
     Ok(())

@@ -53,10 +53,26 @@ def test_built_objects_validate_against_kubernetes(path):
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "Service"} <= kinds
     for obj in objects:
+        if obj["kind"] == "ScaledObject":
+            # KEDA's kind: not in the Kubernetes schemas; check what KEDA requires.
+            assert obj["apiVersion"] == "keda.sh/v1alpha1"
+            assert obj["spec"]["scaleTargetRef"]["kind"] == "LLMDeployment"
+            assert obj["spec"]["triggers"][0]["type"] == "prometheus"
+            continue
         for v in VERSIONS:
             if obj["kind"] == "Deployment" and minor(v) < 33 and uses_image_volume(obj):
                 continue  # image volumes are Kubernetes 1.33+ (beta), as the example says
             kubernetes_validate.validate(obj, v, strict=True)
+
+
+def test_autoscaling_modes_render_their_objects():
+    def kinds(name):
+        out = subprocess.run([str(OPERATOR), "render", "-f", str(ROOT / "manifests" / "examples" / name)],
+                             capture_output=True, text=True, check=True).stdout
+        return [d["kind"] for d in yaml.safe_load_all(out) if d]
+    assert "HorizontalPodAutoscaler" in kinds("smollm2-cpu-hpa.yaml")
+    assert "ScaledObject" in kinds("qwen2.5-keda.yaml")
+    assert not {"HorizontalPodAutoscaler", "ScaledObject"} & set(kinds("llama-3.1-8b-gpu-autoscaling.yaml"))
 
 
 def minor(version):
