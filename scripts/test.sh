@@ -10,4 +10,4 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q -r server/tests/http/requirements.txt
-.venv/bin/python -m pytest -q server/tests/http operator/tests/schemas
+.venv/bin/python -m pytest -q server/tests/http operator/tests/schemas charts/tests

@@ -1,11 +1,14 @@
-//! Writes the LLMDeployment CustomResourceDefinition as YAML (to stdout, or to the path
-//! given): `cargo run -p kandle-operator --bin crdgen -- crds/llmdeployment.yaml`.
+//! Writes the LLMDeployment CustomResourceDefinition as YAML to each path given (or stdout):
+//! `cargo run -p kandle-operator --bin crdgen -- crds/llmdeployment.yaml charts/kandle-operator/crds/llmdeployment.yaml`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let yaml = kandle_operator::crd::crd_yaml()?;
-    match std::env::args().nth(1) {
-        Some(path) => std::fs::write(&path, yaml)?,
-        None => print!("{yaml}"),
+    let paths: Vec<String> = std::env::args().skip(1).collect();
+    if paths.is_empty() {
+        print!("{yaml}");
+    }
+    for path in paths {
+        std::fs::write(&path, &yaml)?;
     }
     Ok(())
 }
