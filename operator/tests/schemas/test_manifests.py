@@ -75,6 +75,15 @@ def test_autoscaling_modes_render_their_objects():
     assert not {"HorizontalPodAutoscaler", "ScaledObject"} & set(kinds("llama-3.1-8b-gpu-autoscaling.yaml"))
 
 
+def test_field_reference_is_current():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("crd_reference", ROOT / "scripts" / "crd-reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "llmdeployment-reference.md").read_text() == module.render(), \
+        "docs/llmdeployment-reference.md is stale: run python3 scripts/crd-reference.py"
+
+
 def minor(version):
     return int(version.split(".")[1])
 
