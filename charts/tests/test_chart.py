@@ -80,9 +80,9 @@ def test_defaults_are_cluster_wide_single_replica_least_privilege():
     objects = render(None)
     (role,) = by_kind(objects, "ClusterRole")
     verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    assert verbs[("kandle.dev", "llmdeployments")] == {"get", "list", "watch"}
-    assert verbs[("kandle.dev", "llmdeployments/status")] >= {"patch"}
-    assert verbs[("", "pods")] == {"get", "list", "watch"}, "the autoscaler lists pods, never writes them"
+    assert verbs[("kandle.dev", "llmdeployments")] == {"list", "watch"}
+    assert verbs[("kandle.dev", "llmdeployments/status")] == {"patch"}
+    assert verbs[("", "pods")] == {"list"}, "the autoscaler lists pods, never writes them"
     assert ("autoscaling", "horizontalpodautoscalers") in verbs and ("keda.sh", "scaledobjects") not in verbs
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
     lease_role = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("leader-election")][0]
@@ -164,3 +164,20 @@ def test_install_yaml_is_current_and_valid():
             continue  # the CRD's own schema is checked by the operator tests
         for v in VERSIONS:
             kubernetes_validate.validate(doc, v, strict=True)
+
+
+def test_rbac_grants_exactly_what_the_operator_calls():
+    """operator/rbac.json is collected from the requests the operator sends in its Rust tests
+    (operator/tests/rbac.rs); the chart must grant those verbs and nothing more."""
+    import json
+    needed = {(r["apiGroup"], r["resource"]): set(r["verbs"]) for r in json.loads((ROOT / "operator" / "rbac.json").read_text())["rules"]}
+    for watch_namespace in ("", "ml"):
+        objects = render({"autoscalingModes": {"hpa": True, "keda": True}, "watchNamespace": watch_namespace})
+        granted = {}
+        for role in by_kind(objects, "ClusterRole") + by_kind(objects, "Role"):
+            for rule in role["rules"]:
+                for g in rule["apiGroups"]:
+                    for r in rule["resources"]:
+                        granted.setdefault((g, r), set()).update(rule["verbs"])
+        assert granted == needed, f"granted minus needed: { {k: v - needed.get(k, set()) for k, v in granted.items() if v - needed.get(k, set())} }; " \
+            f"needed minus granted: { {k: v - granted.get(k, set()) for k, v in needed.items() if v - granted.get(k, set())} }"

@@ -17,6 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// (API group, plural) of every kind the controller lists and watches: the LLMDeployments
+/// and the kinds `.owns()` below. The RBAC test reads this.
+pub fn watched_kinds() -> Vec<(String, String)> {
+    fn gr<K: kube::Resource<DynamicType = ()>>() -> (String, String) {
+        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+    }
+    vec![gr::<LLMDeployment>(), gr::<Deployment>(), gr::<Service>(), gr::<ConfigMap>(), gr::<PodDisruptionBudget>()]
+}
+
 pub struct RunConfig {
     pub watch_namespace: Option<String>,
     pub server_image: String,
