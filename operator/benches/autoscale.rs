@@ -9,6 +9,8 @@
 
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
+#[path = "../tests/support/recorded.rs"]
+mod recorded;
 
 use kandle_operator::autoscaler::poll_interval;
 use kandle_operator::controller::build::BuildConfig;
@@ -20,7 +22,6 @@ use std::time::{Duration, Instant};
 
 const LLM: &str = "/apis/kandle.dev/v1alpha1/namespaces/bench/llmdeployments/chat";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/bench/deployments/chat";
-const RECORDED: &str = include_str!("../tests/fixtures/kandle-server-metrics.txt");
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -37,8 +38,7 @@ async fn main() {
         let waiting = waiting.clone();
         axum::Router::new().route("/metrics", axum::routing::get(move || {
             let w = *waiting.lock().unwrap();
-            let model = "{model_name=\"models/SmolLM2-135M-Instruct.Q4_1.gguf\"}";
-            let text = RECORDED.replace(&format!("vllm:num_requests_waiting{model} 0.0"), &format!("vllm:num_requests_waiting{model} {w}"));
+            let text = recorded::scrape_text((w, 0.0, 0.0));
             async move { text }
         }))
     };

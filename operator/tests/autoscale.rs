@@ -13,24 +13,15 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::fake_api::{start, Store};
+use support::recorded::scrape_text;
 
 const LLM: &str = "/apis/kandle.dev/v1alpha1/namespaces/ml/llmdeployments/chat";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ml/deployments/chat";
 const HPA: &str = "/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/chat";
 const SCALED_OBJECT: &str = "/apis/keda.sh/v1alpha1/namespaces/ml/scaledobjects/chat";
-const RECORDED: &str = include_str!("fixtures/kandle-server-metrics.txt");
 
 /// What a fake pod's /metrics reports: (waiting, running, kv usage), or None for a 503.
 type Load = Arc<Mutex<Option<(f64, f64, f64)>>>;
-
-/// The recorded scrape with the three gauges the autoscaler reads set to `load`.
-fn scrape_text(load: (f64, f64, f64)) -> String {
-    let model = "{model_name=\"models/SmolLM2-135M-Instruct.Q4_1.gguf\"}";
-    RECORDED
-        .replace(&format!("vllm:num_requests_waiting{model} 0.0"), &format!("vllm:num_requests_waiting{model} {}", load.0))
-        .replace(&format!("vllm:num_requests_running{model} 0.0"), &format!("vllm:num_requests_running{model} {}", load.1))
-        .replace(&format!("vllm:kv_cache_usage_perc{model} 0.0"), &format!("vllm:kv_cache_usage_perc{model} {}", load.2))
-}
 
 /// Serves /metrics on `ip:port` (0 picks a port); returns the port.
 async fn metrics_server(ip: &str, port: u16, load: Load) -> u16 {

@@ -82,6 +82,11 @@ struct Memory {
     desired: Option<i32>,
 }
 
+/// Memory is per resource: `namespace/name`.
+fn key(llm: &LLMDeployment) -> String {
+    format!("{}/{}", llm.namespace().unwrap_or_default(), llm.name_any())
+}
+
 pub struct Autoscaler {
     http: reqwest::Client,
     memory: Mutex<HashMap<String, Memory>>,
@@ -99,13 +104,12 @@ impl Autoscaler {
     /// Lists the pods, scrapes the ready ones and decides.
     pub async fn poll(&self, client: &Client, llm: &LLMDeployment, spec: &AutoscalingSpec) -> Result<Poll, kube::Error> {
         let ns = llm.namespace().unwrap_or_default();
-        let key = format!("{ns}/{}", llm.name_any());
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let list = pods.list(&ListParams::default().labels(&selector_string(&llm.name_any()))).await?;
         let sampled = scrape::sample(&self.http, &list.items, llm.spec.port(), SCRAPE_TIMEOUT).await;
         let policy = policy(spec);
         let mut memory = self.memory.lock().unwrap();
-        let m = memory.entry(key).or_default();
+        let m = memory.entry(key(llm)).or_default();
         let current = m.desired
             .or(llm.status.as_ref().and_then(|s| s.desired_replicas))
             .or(llm.spec.replicas)
@@ -118,7 +122,6 @@ impl Autoscaler {
     /// Drops what is remembered of a resource (deleted, or autoscaling turned off), so a
     /// later enable starts from its spec.
     pub fn forget(&self, llm: &LLMDeployment) {
-        let key = format!("{}/{}", llm.namespace().unwrap_or_default(), llm.name_any());
-        self.memory.lock().unwrap().remove(&key);
+        self.memory.lock().unwrap().remove(&key(llm));
     }
 }

@@ -217,11 +217,7 @@ async fn apply_children(client: &Client, ns: &str, children: Children) -> Result
         None => {
             // Back to one replica: the budget goes (absent already is fine).
             let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-            match api.delete(&pdb_name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
+            ignore_missing(api.delete(&pdb_name, &DeleteParams::default()).await)?;
         }
     }
     Ok(deployment)
