@@ -133,8 +133,9 @@ fn needed(amount: f64, target: f64) -> i32 {
     (amount / target).ceil().clamp(0.0, i32::MAX as f64) as i32
 }
 
-/// `current` is the replica count last decided (what the Deployment is asked to run).
-pub fn decide(policy: &Policy, current: i32, pods: &[PodSample], windows: &mut Windows, now: Instant) -> Decision {
+/// `current` is the replica count last decided (what the Deployment is asked to run);
+/// `load` aggregates what the pods reported (`Load::of`).
+pub fn decide(policy: &Policy, current: i32, load: &Load, windows: &mut Windows, now: Instant) -> Decision {
     let (min, max) = (policy.min_replicas, policy.max_replicas.max(policy.min_replicas));
     if current < min {
         *windows = Windows::default();
@@ -145,7 +146,6 @@ pub fn decide(policy: &Policy, current: i32, pods: &[PodSample], windows: &mut W
         return Decision { desired: max, reason: Reason::AboveMaxReplicas };
     }
     let hold = |reason| Decision { desired: current, reason };
-    let load = Load::of(pods);
     if load.scraped == 0 {
         // Nothing to go on (all pods starting or unreachable, or none): keep what there is.
         windows.below_since = None;
@@ -236,7 +236,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Windows::default();
         for (i, s) in steps.into_iter().enumerate() {
-            let d = decide(policy, s.current, &s.pods, &mut w, t0 + Duration::from_secs(s.at));
+            let d = decide(policy, s.current, &Load::of(&s.pods), &mut w, t0 + Duration::from_secs(s.at));
             assert_eq!((d.desired, d.reason), s.want, "step {i} (t={}s)", s.at);
         }
     }
@@ -269,7 +269,7 @@ mod tests {
             (2, vec![busy(0.0, 0.0), Unknown], (2, MissingMetrics)),
         ];
         for (i, (current, pods, want)) in table.into_iter().enumerate() {
-            let d = decide(&p, current, &pods, &mut Windows::default(), Instant::now());
+            let d = decide(&p, current, &Load::of(&pods), &mut Windows::default(), Instant::now());
             assert_eq!((d.desired, d.reason), want, "row {i}");
         }
     }

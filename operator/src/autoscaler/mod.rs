@@ -114,9 +114,10 @@ impl Autoscaler {
             .or(llm.status.as_ref().and_then(|s| s.desired_replicas))
             .or(llm.spec.replicas)
             .unwrap_or(policy.min_replicas);
-        let decision = decide(&policy, current, &sampled.samples, &mut m.windows, Instant::now());
+        let load = Load::of(&sampled.samples);
+        let decision = decide(&policy, current, &load, &mut m.windows, Instant::now());
         m.desired = Some(decision.desired);
-        Ok(Poll { current, decision, load: Load::of(&sampled.samples), scrape_errors: sampled.errors })
+        Ok(Poll { current, decision, load, scrape_errors: sampled.errors })
     }
 
     /// Drops what is remembered of a resource (deleted, or autoscaling turned off), so a
