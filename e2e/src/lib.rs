@@ -2,4 +2,5 @@
 //! cluster: [`apiserver`] (a Kubernetes API server in process) and [`agent`] (a node agent
 //! that runs pods as local processes, against any API server).
 
+pub mod agent;
 pub mod apiserver;
