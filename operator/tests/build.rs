@@ -64,7 +64,8 @@ fn pvc_model_on_cpu() {
     let probes = server(d);
     assert_eq!(probes.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readiness"));
     assert_eq!(probes.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/liveness"));
-    assert!(probes.startup_probe.as_ref().unwrap().failure_threshold.unwrap() * 10 >= 1800);
+    let startup = probes.startup_probe.as_ref().unwrap();
+    assert!(startup.failure_threshold.unwrap() * startup.period_seconds.unwrap() >= 1800);
     assert_eq!(endpoint(&llm(json!({"model": {"hostPath": {"path": "/m"}}}))), "http://chat.ml.svc:8000/v1");
 }
 
@@ -126,6 +127,14 @@ fn chat_templates_inline_and_by_reference() {
     assert_eq!(cm.metadata.name.as_deref(), Some("chat-chat-template"));
     assert_eq!(cm.data.unwrap()["chat_template.jinja"], "{{ messages }}");
     assert_eq!(flag(&c.deployment, "--chat-template").as_deref(), Some("/etc/kandle/chat-template/chat_template.jinja"));
+    // Editing the template changes the pod template (so the pods roll), keeping it does not.
+    let hash = |c: &kandle_operator::controller::build::Children| {
+        c.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["kandle.dev/chat-template-hash"].clone()
+    };
+    let edited = children(json!({"model": {"hostPath": {"path": "/m"}, "chatTemplate": {"inline": "{{ messages }}!"}}}));
+    let same = children(json!({"model": {"hostPath": {"path": "/m"}, "chatTemplate": {"inline": "{{ messages }}"}}}));
+    assert_ne!(hash(&c), hash(&edited));
+    assert_eq!(hash(&c), hash(&same));
     let c = children(json!({"model": {"hostPath": {"path": "/m"},
         "chatTemplate": {"configMapKeyRef": {"name": "templates", "key": "llama3.jinja"}}}}));
     assert!(c.chat_template.is_none());

@@ -245,6 +245,13 @@ impl Store {
         }
         if t.plural == "customresourcedefinitions" {
             self.register_crd(&new)?;
+            let now = now();
+            new["status"] = json!({"acceptedNames": new["spec"]["names"], "storedVersions": [new["spec"]["versions"][0]["name"]],
+                "conditions": [{"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "lastTransitionTime": now},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "lastTransitionTime": now}]});
+            if let Some(old) = old {
+                new["status"]["conditions"] = old["status"]["conditions"].clone();
+            }
         }
         let mut compare = new.clone();
         compare["metadata"]["resourceVersion"] = old.map(|o| o["metadata"]["resourceVersion"].clone()).unwrap_or(Value::Null);

@@ -307,7 +307,8 @@ fn pod_template(llm: &LLMDeployment, name: &str, cfg: &BuildConfig) -> PodTempla
             ..Default::default() }),
         // Loading (and on a fresh GPU node the driver's kernel compilation) can take many
         // minutes for a large model: up to 30 before liveness takes over.
-        startup_probe: Some(Probe { http_get: http_get("/readiness"), period_seconds: Some(10), failure_threshold: Some(180),
+        // Checked every 2 s so a small model is ready within seconds of loading.
+        startup_probe: Some(Probe { http_get: http_get("/readiness"), period_seconds: Some(2), failure_threshold: Some(900),
             ..Default::default() }),
         volume_mounts: Some(mounts),
         security_context: Some(container_security()),
@@ -322,6 +323,11 @@ fn pod_template(llm: &LLMDeployment, name: &str, cfg: &BuildConfig) -> PodTempla
         ("prometheus.io/port".to_string(), port.to_string()),
         ("prometheus.io/path".to_string(), "/metrics".to_string()),
     ]);
+    // The template's text is in a ConfigMap the pods only read at start: a hash of it in the
+    // pod template makes an edit roll the pods, like any other spec change.
+    if let Some(text) = spec.model.chat_template.as_ref().and_then(|t| t.inline.as_ref()) {
+        annotations.insert("kandle.dev/chat-template-hash".to_string(), format!("{:016x}", fnv1a(text.as_bytes())));
+    }
     annotations.extend(overrides.annotations);
     let scheduling = spec.scheduling.clone().unwrap_or_default();
     let mut tolerations = scheduling.tolerations;
@@ -354,6 +360,11 @@ fn pod_template(llm: &LLMDeployment, name: &str, cfg: &BuildConfig) -> PodTempla
             ..Default::default()
         }),
     }
+}
+
+/// FNV-1a, 64 bit: a hash that stays the same across builds and Rust versions.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn container_security() -> SecurityContext {
