@@ -64,9 +64,10 @@ impl Cluster {
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
         let bin_dir = target.join("debug");
         if std::env::var_os("KANDLE_E2E_SKIP_BUILD").is_none() {
-            // The binaries under test, built like the rest of the workspace (a no-op when fresh).
+            // The binaries under test. `--workspace` keeps the features (and so the build) the same
+            // as `cargo build --workspace`: a no-op after it, not a second build of everything.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo).args(["build", "-p", "kandle-server", "-p", "kandle-operator", "--bins"])
+            let status = Command::new(cargo).args(["build", "--workspace", "--bins"])
                 .current_dir(&repo).status().context("cargo build")?;
             if !status.success() {
                 bail!("building kandle-server and kandle-operator failed");
