@@ -73,6 +73,10 @@ impl Cluster {
                 bail!("building kandle-server and kandle-operator failed");
             }
         }
+        let model = repo.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !model.exists() {
+            bail!("{} is missing: run ./scripts/fetch-models.sh", model.display());
+        }
         let work_dir = target.join("e2e").join(format!("run-{}", std::process::id()));
         std::fs::create_dir_all(&work_dir)?;
         let (client, kubeconfig, apiserver) = match std::env::var_os("KUBECONFIG") {

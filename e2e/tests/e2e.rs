@@ -406,7 +406,12 @@ fn main() {
             let _ = std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap_or_default());
         }
         println!("e2e: {} passed, {failed} failed in {:.0}s", selected.len() - failed, started.elapsed().as_secs_f64());
+        // Logs stay for a failed run only.
+        let work_dir = cluster.work_dir.clone();
         cluster.shutdown().await;
+        if failed == 0 {
+            let _ = std::fs::remove_dir_all(work_dir);
+        }
         failed
     });
     std::process::exit(if failed == 0 { 0 } else { 1 });

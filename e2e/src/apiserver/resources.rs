@@ -80,7 +80,7 @@ impl ResourceType {
 
 pub fn builtin_types() -> Vec<ResourceType> {
     let b = ResourceType::builtin;
-    vec![
+    let mut types = vec![
         b("", "v1", "namespaces", "Namespace", false, true, false),
         b("", "v1", "nodes", "Node", false, true, false),
         b("", "v1", "pods", "Pod", true, true, false),
@@ -96,7 +96,16 @@ pub fn builtin_types() -> Vec<ResourceType> {
         b("coordination.k8s.io", "v1", "leases", "Lease", true, false, false),
         b("events.k8s.io", "v1", "events", "Event", true, false, false),
         b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true, false),
-    ]
+    ];
+    // kubectl's short names.
+    for (plural, short) in [("namespaces", "ns"), ("nodes", "no"), ("pods", "po"), ("services", "svc"), ("configmaps", "cm"),
+        ("events", "ev"), ("serviceaccounts", "sa"), ("deployments", "deploy"), ("replicasets", "rs"),
+        ("poddisruptionbudgets", "pdb"), ("horizontalpodautoscalers", "hpa"), ("customresourcedefinitions", "crd")] {
+        if let Some(t) = types.iter_mut().find(|t| t.plural == plural && t.group != "events.k8s.io") {
+            t.short_names.push(short.into());
+        }
+    }
+    types
 }
 
 /// `/api/v1` or `/apis/GROUP/VERSION`.
