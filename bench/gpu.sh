@@ -10,6 +10,7 @@
 #
 #   bench/gpu.sh equal MODEL.gguf    # greedy on CUDA f32 == CPU f32, and bf16 vs f32
 #   bench/gpu.sh bench PRESET...     # synth-model + serving benchmark per preset
+#   bench/gpu.sh prefill PRESET...   # tensor-core vs CUDA-core prefill attention (diff, time)
 #
 # Results go to $OUT (or ./gpu-results): JSON per preset and a markdown table.
 set -euo pipefail
@@ -75,6 +76,29 @@ bench)
     kill $pid; wait $pid || true
   done
   ;;
+prefill)
+  # Tensor-core vs CUDA-core prefill attention: output difference per layer, then time to
+  # first token of one ~2,000-token prompt with each kernel.
+  shift
+  long=$(for _ in $(seq 40); do printf '%s ' "$PROMPT"; done)
+  for preset in "$@"; do
+    dir=$MODELS/$preset
+    [ -f "$dir/config.json" ] || "$BIN" synth-model --preset "$preset" --out "$dir"
+    PROMPT=$long MAXTOK=2 KANDLE_PREFILL_CHECK=1 gen "$dir" cuda bf16 --max-num-batched-tokens 8192 > /dev/null \
+      2> "$OUT/$preset-check.log" || { tail -20 "$OUT/$preset-check.log"; exit 1; }
+    echo "$preset: $(grep -c 'prefill check' "$OUT/$preset-check.log") layer checks; worst:"
+    grep 'prefill check' "$OUT/$preset-check.log" | sort -t' ' -k11 -g | tail -n2
+    for kernel in tiled mma; do
+      PROMPT=$long MAXTOK=2 KANDLE_PREFILL_KERNEL=$kernel gen "$dir" cuda bf16 --warmup --max-num-batched-tokens 8192 \
+        > /dev/null 2> "$OUT/$preset-prefill-$kernel.log"
+      echo "$preset $kernel prefill: $(tail -n1 "$OUT/$preset-prefill-$kernel.log")"
+    done
+    MAXTOK=48 KANDLE_PREFILL_KERNEL=tiled gen "$dir" cuda bf16 > "$OUT/$preset-tiled.txt" 2>/dev/null
+    MAXTOK=48 gen "$dir" cuda bf16 > "$OUT/$preset-mma.txt" 2>/dev/null
+    cmp -s "$OUT/$preset-tiled.txt" "$OUT/$preset-mma.txt" && echo "$preset: same 48 greedy tokens with either kernel" \
+      || echo "$preset: greedy text differs between kernels"
+  done
+  ;;
 *)
-  echo "usage: bench/gpu.sh equal MODEL.gguf | bench PRESET..." >&2; exit 2 ;;
+  echo "usage: bench/gpu.sh equal MODEL.gguf | bench PRESET... | prefill PRESET..." >&2; exit 2 ;;
 esac

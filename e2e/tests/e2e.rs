@@ -262,6 +262,50 @@ async fn rolling_update(c: &Cluster, ns: &str, results: &mut Results) -> anyhow:
     Ok(())
 }
 
+/// Serves the test model over HTTP, as a model URL source would be.
+async fn model_url(c: &Cluster) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let bytes = axum::body::Bytes::from(tokio::fs::read(model_path(c)).await?);
+    let app = axum::Router::new().route("/models/smollm2.gguf", axum::routing::get(move || {
+        let b = bytes.clone();
+        async move { b }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/models/smollm2.gguf", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, task))
+}
+
+/// Switching the model source (hostPath → URL) rolls the pod: the new one downloads the
+/// model in its init container, then serves it.
+async fn model_change(c: &Cluster, ns: &str, results: &mut Results) -> anyhow::Result<()> {
+    apply(c, ns, &smollm2(c, "switch", json!({}))).await?;
+    wait_ready(c, ns, "switch", 1, Duration::from_secs(180)).await?;
+    let (url, server) = model_url(c).await?;
+    let mut llm = smollm2(c, "switch", json!({"model": {"url": url}}));
+    // Dropped from the applied configuration, so server-side apply removes it.
+    llm["spec"]["model"].as_object_mut().context("model")?.remove("hostPath");
+    let start = Instant::now();
+    apply(c, ns, &llm).await?;
+    let llm = until("the URL-sourced pod to serve", Duration::from_secs(240), || async {
+        let llm = get_llm(c, ns, "switch").await?;
+        let pods = live_pods(c, ns).await?;
+        let init_done = pods.iter().any(|p| p.status.as_ref().and_then(|s| s.init_container_statuses.as_ref()).into_iter().flatten()
+            .any(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0)));
+        let ready = llm["status"]["readyReplicas"] == 1 && llm["status"]["observedGeneration"] == llm["metadata"]["generation"];
+        Ok((init_done && ready && pods.len() == 1).then_some(llm))
+    }).await?;
+    results.insert("model_change.rollout_with_download_s".into(), start.elapsed().as_secs_f64());
+    ensure!(llm["spec"]["model"].get("hostPath").is_none(), "hostPath still set: {}", llm["spec"]["model"]);
+    ensure!(llm["status"]["model"].as_str().is_some_and(|m| m.starts_with("http://")), "status.model {}", llm["status"]["model"]);
+    let (base, _proxy) = c.endpoint_url(llm["status"]["endpoint"].as_str().context("endpoint")?).await?;
+    let v = chat(&http(), &base, "Hello", 4).await?;
+    ensure!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    server.abort();
+    Ok(())
+}
+
 /// Load above target → replicas grow while requests succeed; load stops → back down after
 /// the delay.
 async fn autoscale(c: &Cluster, ns: &str, results: &mut Results) -> anyhow::Result<()> {
@@ -357,7 +401,7 @@ macro_rules! scenario {
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let scenarios = [scenario!(serve), scenario!(invalid), scenario!(delete), scenario!(operator_restart),
-        scenario!(rolling_update), scenario!(autoscale)];
+        scenario!(rolling_update), scenario!(model_change), scenario!(autoscale)];
     let selected: Vec<_> = scenarios.iter().filter(|(n, _)| wanted.is_empty() || wanted.iter().any(|w| n.contains(w.as_str()))).collect();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("E2E_LOG").unwrap_or_else(|_| "warn".into())).init();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -4,6 +4,7 @@
 // decodes alike, each query attending causally to its own sequence's first `ctx_len` keys.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 #include <stdint.h>
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
@@ -259,6 +260,140 @@ __device__ void attend_tiled(T* __restrict__ out, const T* __restrict__ q, const
   }
 }
 
+// Tensor-core prefill (f16/bf16): the same tiles as `attend_tiled`, 64 query rows per block
+// (16 per warp), 64-key K/V tiles staged in shared memory as they are stored (no
+// conversion). S = Q·Kᵀ and O += P·V run as 16×16×16 WMMA products with f32 accumulators;
+// the online softmax works on S in shared memory (two lanes per row), and O lives in shared
+// memory so each tile can rescale its rows before accumulating. No score matrix in memory.
+template <typename T, int HD>
+__device__ void attend_mma(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
+                           const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+                           const uint32_t* __restrict__ tiles, int num_heads, int num_kv_heads, int block_size,
+                           float scale) {
+  using namespace nvcuda;
+  constexpr int WARPS = 4, R = 16, TK = 64, HP = HD + 8, SP = TK + 4, PP = TK + 8, OP = HD + 4, CH = HD / 8;
+  // Dynamic shared memory (host: mma_prefill_smem): every region a multiple of 32 bytes.
+  extern __shared__ float4 smem4[];
+  T* s_q = reinterpret_cast<T*>(smem4);                          // [WARPS * R][HP]
+  T* s_k = s_q + WARPS * R * HP;                                 // [TK][HP]
+  T* s_v = s_k + TK * HP;                                        // [TK][HP]
+  float* s_s = reinterpret_cast<float*>(s_v + TK * HP);          // [WARPS][R][SP] scores
+  T* s_p = reinterpret_cast<T*>(s_s + WARPS * R * SP);           // [WARPS][R][PP] probabilities
+  float* s_o = reinterpret_cast<float*>(s_p + WARPS * R * PP);   // [WARPS][R][OP] output accumulators
+  const int kvh = blockIdx.x;
+  const uint32_t* tile = tiles + 4 * blockIdx.y;  // first token, tokens, table offset, ctx of first
+  const int64_t t0 = tile[0];
+  const int n_tok = tile[1];
+  const uint32_t* table = block_tables + tile[2];
+  const int ctx0 = tile[3];
+  const int group = num_heads / num_kv_heads;
+  const int rows = n_tok * group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row_stride = (int64_t)num_kv_heads * HD;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+
+  for (int i = threadIdx.x; i < WARPS * R * CH; i += blockDim.x) {
+    const int r = i / CH, c = (i % CH) * 8;
+    uint4 x = zero;
+    if (r < rows) x = *reinterpret_cast<const uint4*>(q + ((t0 + r / group) * num_heads + kvh * group + r % group) * HD + c);
+    *reinterpret_cast<uint4*>(s_q + r * HP + c) = x;
+  }
+  float* so = s_o + warp * R * OP;
+  float* ss = s_s + warp * R * SP;
+  T* sp = s_p + warp * R * PP;
+  for (int i = lane; i < R * OP; i += 32) so[i] = 0.f;
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qf[HD / 16];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; kk++) wmma::load_matrix_sync(qf[kk], s_q + warp * R * HP + kk * 16, HP);
+
+  const int my_r = lane >> 1, half = lane & 1;  // two lanes per row for the softmax
+  const int grow = warp * R + my_r;
+  const int row_ctx = grow < rows ? ctx0 + grow / group : 0;  // this row sees keys < row_ctx
+  float m_r = -INFINITY, l_r = 0.f;
+  const int ctx_max = ctx0 + n_tok - 1;
+  const int last_row = min(rows, (warp + 1) * R) - 1;
+  const int warp_ctx = last_row >= warp * R ? ctx0 + last_row / group : 0;
+  for (int k0 = 0; k0 < ctx_max; k0 += TK) {
+    __syncthreads();  // the previous tile is consumed
+    for (int i = threadIdx.x; i < TK * CH; i += blockDim.x) {
+      const int j = i / CH, c = (i % CH) * 8, key = k0 + j;
+      uint4 kx = zero, vx = zero;
+      if (key < ctx_max) {
+        const int64_t slot = (int64_t)table[key / block_size] * block_size + key % block_size;
+        kx = *reinterpret_cast<const uint4*>(k_cache + slot * row_stride + kvh * HD + c);
+        vx = *reinterpret_cast<const uint4*>(v_cache + slot * row_stride + kvh * HD + c);
+      }
+      *reinterpret_cast<uint4*>(s_k + j * HP + c) = kx;
+      *reinterpret_cast<uint4*>(s_v + j * HP + c) = vx;
+    }
+    __syncthreads();
+    if (k0 >= warp_ctx) continue;  // causal: nothing in this tile for this warp's rows
+#pragma unroll
+    for (int n = 0; n < TK / 16; n++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+      wmma::fill_fragment(sf, 0.f);
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; kk++) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kf;
+        wmma::load_matrix_sync(kf, s_k + n * 16 * HP + kk * 16, HP);
+        wmma::mma_sync(sf, qf[kk], kf, sf);
+      }
+      wmma::store_matrix_sync(ss + n * 16, sf, SP, wmma::mem_row_major);
+    }
+    __syncwarp();
+    float mx = -INFINITY;
+    float* srow = ss + my_r * SP + half * (TK / 2);
+#pragma unroll 8
+    for (int j = 0; j < TK / 2; j++) {
+      const float x = k0 + half * (TK / 2) + j < row_ctx ? srow[j] * scale : -INFINITY;
+      srow[j] = x;
+      mx = fmaxf(mx, x);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float m_new = fmaxf(m_r, mx);
+    const float corr = m_new == -INFINITY ? 1.f : __expf(m_r - m_new);
+    float psum = 0.f;
+    T* prow = sp + my_r * PP + half * (TK / 2);
+#pragma unroll 8
+    for (int j = 0; j < TK / 2; j++) {
+      const float p = srow[j] == -INFINITY ? 0.f : __expf(srow[j] - m_new);
+      const T pt = from_f<T>(p);
+      prow[j] = pt;
+      psum += to_f(pt);  // the rounded weights are what P·V sums
+    }
+    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+    l_r = l_r * corr + psum;
+    m_r = m_new;
+    float* orow = so + my_r * OP + half * (HD / 2);
+#pragma unroll 8
+    for (int d = 0; d < HD / 2; d++) orow[d] *= corr;
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < HD / 16; n++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
+      wmma::load_matrix_sync(of, so + n * 16, OP, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < TK / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vf;
+        wmma::load_matrix_sync(pf, sp + kk * 16, PP);
+        wmma::load_matrix_sync(vf, s_v + kk * 16 * HP + n * 16, HP);
+        wmma::mma_sync(of, pf, vf, of);
+      }
+      wmma::store_matrix_sync(so + n * 16, of, OP, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  if (grow < rows) {
+    T* op = out + ((t0 + grow / group) * num_heads + kvh * group + grow % group) * HD + half * (HD / 2);
+    const float* orow = so + my_r * OP + half * (HD / 2);
+    const float inv = 1.f / l_r;
+#pragma unroll 8
+    for (int d = 0; d < HD / 2; d++) op[d] = from_f<T>(orow[d] * inv);
+  }
+}
+
 // Copies whole blocks (src, dst pairs) of one layer's cache: copy-on-write of shared blocks.
 template <typename T>
 __device__ void copy_blocks(T* __restrict__ cache, const uint32_t* __restrict__ pairs, int64_t block_elems) {
@@ -282,6 +417,13 @@ __device__ void copy_blocks(T* __restrict__ cache, const uint32_t* __restrict__ 
     attend_tiled<T, HD>(out, q, k_cache, v_cache, block_tables, tiles, num_heads, num_kv_heads, block_size, scale); \
   }
 
+#define MMA_PREFILL(T, NAME, HD)                                                                             \
+  extern "C" __global__ void __launch_bounds__(128) paged_prefill_mma_##NAME##_hd##HD(                       \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables, const uint32_t* tiles, \
+      int num_heads, int num_kv_heads, int block_size, float scale) {                                         \
+    attend_mma<T, HD>(out, q, k_cache, v_cache, block_tables, tiles, num_heads, num_kv_heads, block_size, scale); \
+  }
+
 #define KERNELS(T, NAME)                                                                                     \
   extern "C" __global__ void write_kv_##NAME(const T* k, const T* v, T* k_cache, T* v_cache,                 \
                                              const int64_t* slots, int row) {                                \
@@ -299,3 +441,7 @@ __device__ void copy_blocks(T* __restrict__ cache, const uint32_t* __restrict__ 
 KERNELS(float, f32)
 KERNELS(__half, f16)
 KERNELS(__nv_bfloat16, bf16)
+MMA_PREFILL(__half, f16, 64)
+MMA_PREFILL(__half, f16, 128)
+MMA_PREFILL(__nv_bfloat16, bf16, 64)
+MMA_PREFILL(__nv_bfloat16, bf16, 128)

@@ -2,7 +2,8 @@
 //! and are written and read by our own kernels (`server/kernels/paged_attention.cu`,
 //! compiled to PTX by build.rs). Per layer: one launch writes the step's K/V into their
 //! slots, one attends the decode tokens (a block per token and head), one attends prefill
-//! chunks in tiles that share each staged K/V tile across query rows. No score matrix is
+//! chunks in tiles that share each staged K/V tile across query rows (on tensor cores for
+//! f16/bf16). No score matrix is
 //! ever materialised.
 
 use super::attention::{AttentionMetadata, KvCacheShape, PagedAttention};
@@ -17,8 +18,17 @@ use candle_core::{CudaStorage, DType, Result, Storage, Tensor};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 const THREADS: u32 = 256;
 
-/// Query rows one prefill block serves (4 warps × 8 rows in the kernel).
+/// Query rows one prefill block serves: 4 warps × 8 rows in the CUDA-core kernel (f32),
+/// 4 warps × 16 rows in the tensor-core one (f16, bf16).
 const PREFILL_ROWS: usize = 32;
+const MMA_PREFILL_ROWS: usize = 64;
+
+/// Dynamic shared memory of `attend_mma` (its layout comment): Q, K and V tiles in the model's
+/// 16-bit type with 8 elements of row padding, f32 scores and outputs, 16-bit probabilities.
+fn mma_prefill_smem(hd: usize) -> usize {
+    let (rows, tk) = (MMA_PREFILL_ROWS, 64);
+    rows * (hd + 8) * 2 + 2 * tk * (hd + 8) * 2 + rows * (tk + 4) * 4 + rows * (tk + 8) * 2 + rows * (hd + 4) * 4
+}
 
 /// This step's metadata on the device: uploaded by layer 0, reused by the others.
 struct StepMeta {
@@ -32,6 +42,9 @@ struct StepMeta {
     /// Prefill tiles: (first token, tokens, block-table offset, context of the first token).
     tiles: CudaSlice<u32>,
     num_tiles: usize,
+    /// The same prefill in the CUDA-core kernel's tiles (only with `KANDLE_PREFILL_CHECK`).
+    check_tiles: CudaSlice<u32>,
+    num_check_tiles: usize,
 }
 
 pub struct CudaPagedAttention {
@@ -42,13 +55,16 @@ pub struct CudaPagedAttention {
     write_kv: CudaFunction,
     attend: CudaFunction,
     /// The tiled prefill kernel, where head_dim has one (64, 128) and a tile of query rows
-    /// holds whole GQA groups.
-    prefill: Option<(CudaFunction, u32)>,
+    /// holds whole GQA groups: (kernel, shared memory bytes, query rows per tile).
+    prefill: Option<(CudaFunction, u32, usize)>,
     copy: CudaFunction,
     /// Per layer `[num_blocks * block_size, kv_heads, head_dim]` of `dtype`, as raw bytes.
     k: Vec<CudaSlice<u8>>,
     v: Vec<CudaSlice<u8>>,
     meta: Option<StepMeta>,
+    /// `KANDLE_PREFILL_CHECK=1`: the CUDA-core prefill kernel, run beside the tensor-core one
+    /// on every prefill-only step to print how far their outputs are apart (a diagnostic).
+    check: Option<(CudaFunction, u32)>,
 }
 
 pub(crate) fn suffix(dtype: DType) -> Result<&'static str> {
@@ -76,31 +92,48 @@ impl CudaPagedAttention {
         let sfx = suffix(dtype)?;
         let func = |name: String| module.load_function(&name).w();
         let group = shape.num_heads / shape.num_kv_heads;
-        let prefill = if [64, 128].contains(&shape.head_dim) && group <= PREFILL_ROWS {
-            let f = func(format!("paged_prefill_{sfx}_hd{}", shape.head_dim))?;
-            let hd = shape.head_dim;
-            let smem = (4 * (32 * (hd + 4) + 32 * hd + PREFILL_ROWS * (hd + 32))) as i32;
-            use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem).w()?;
-            Some((f, smem as u32))
-        } else {
+        let hd = shape.head_dim;
+        // Tensor cores for 16-bit models; `KANDLE_PREFILL_KERNEL=tiled` keeps the CUDA-core
+        // kernel (for comparisons).
+        let mma = dtype != DType::F32 && std::env::var("KANDLE_PREFILL_KERNEL").map_or(true, |k| k != "tiled");
+        let rows = if mma { MMA_PREFILL_ROWS } else { PREFILL_ROWS };
+        let prefill = if ![64, 128].contains(&hd) || group > rows {
             None
+        } else {
+            let (f, smem) = if mma {
+                (func(format!("paged_prefill_mma_{sfx}_hd{hd}"))?, mma_prefill_smem(hd))
+            } else {
+                (func(format!("paged_prefill_{sfx}_hd{hd}"))?, 4 * (32 * (hd + 4) + 32 * hd + PREFILL_ROWS * (hd + 32)))
+            };
+            use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+            Some((f, smem as u32, rows))
+        };
+        let check = match (&prefill, std::env::var_os("KANDLE_PREFILL_CHECK")) {
+            (Some(_), Some(_)) if mma && group <= PREFILL_ROWS => {
+                let f = func(format!("paged_prefill_{sfx}_hd{hd}"))?;
+                let smem = 4 * (32 * (hd + 4) + 32 * hd + PREFILL_ROWS * (hd + 32));
+                use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+                f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+                Some((f, smem as u32))
+            }
+            _ => None,
         };
         Ok(Self {
             prefill,
             write_kv: func(format!("write_kv_{sfx}"))?,
             attend: func(format!("paged_attention_{sfx}_hd{}", shape.head_dim))?,
             copy: func(format!("copy_blocks_{sfx}"))?,
-            shape, dtype, dev: dev.clone(), stream, k, v, meta: None,
+            shape, dtype, dev: dev.clone(), stream, k, v, meta: None, check,
         })
     }
 
     fn upload(&self, meta: &AttentionMetadata) -> Result<StepMeta> {
         let mut block_tables = vec![];
         let (mut table_offsets, mut ctx_lens) = (vec![], vec![]);
-        let (mut decode_tokens, mut tiles) = (vec![], vec![]);
+        let (mut decode_tokens, mut tiles, mut check_tiles) = (vec![], vec![], vec![]);
         let group = self.shape.num_heads / self.shape.num_kv_heads;
-        let per_tile = (PREFILL_ROWS / group).max(1);
+        let per_tile = self.prefill.as_ref().map_or(1, |(_, _, rows)| (rows / group).max(1));
         for seq in &meta.seqs {
             let offset = block_tables.len() as u32;
             block_tables.extend_from_slice(&seq.block_table);
@@ -115,13 +148,20 @@ impl CudaPagedAttention {
                     let n = per_tile.min(seq.query_len - i);
                     tiles.extend([(seq.query_start + i) as u32, n as u32, offset, (first_ctx + i) as u32]);
                 }
+                if self.check.is_some() {
+                    let per = (PREFILL_ROWS / group).max(1);
+                    for i in (0..seq.query_len).step_by(per) {
+                        let n = per.min(seq.query_len - i);
+                        check_tiles.extend([(seq.query_start + i) as u32, n as u32, offset, (first_ctx + i) as u32]);
+                    }
+                }
             } else {
                 decode_tokens.extend((seq.query_start..seq.query_start + seq.query_len).map(|t| t as u32));
             }
         }
-        let (num_decode, num_tiles) = (decode_tokens.len(), tiles.len() / 4);
+        let (num_decode, num_tiles, num_check_tiles) = (decode_tokens.len(), tiles.len() / 4, check_tiles.len() / 4);
         // Zero-length uploads are not allowed: pad the lists that are empty.
-        for v in [&mut block_tables, &mut decode_tokens, &mut tiles] {
+        for v in [&mut block_tables, &mut decode_tokens, &mut tiles, &mut check_tiles] {
             if v.is_empty() {
                 v.push(0);
             }
@@ -137,6 +177,8 @@ impl CudaPagedAttention {
             num_decode,
             tiles: stream.clone_htod(&tiles).w()?,
             num_tiles,
+            check_tiles: stream.clone_htod(&check_tiles).w()?,
+            num_check_tiles,
         })
     }
 
@@ -167,7 +209,7 @@ impl CudaPagedAttention {
                 block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }.w()?;
         }
-        if let (Some((prefill, smem)), true) = (&self.prefill, meta.num_tiles > 0) {
+        if let (Some((prefill, smem, _)), true) = (&self.prefill, meta.num_tiles > 0) {
             let mut b = self.stream.launch_builder(prefill);
             b.arg(&mut out).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
                 .arg(&meta.tiles).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
@@ -175,10 +217,34 @@ impl CudaPagedAttention {
                 block_dim: (128, 1, 1), shared_mem_bytes: *smem };
             unsafe { b.launch(cfg) }.w()?;
         }
+        let reference = match (&self.check, meta.num_decode == 0 && meta.num_check_tiles > 0) {
+            (Some((f, smem)), true) => {
+                // Every row is written: a prefill-only step has every token in a tile.
+                let mut other = unsafe { self.dev.alloc::<T>(n_tokens * num_heads * head_dim) }?;
+                let mut b = self.stream.launch_builder(f);
+                b.arg(&mut other).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
+                    .arg(&meta.check_tiles).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
+                let cfg = LaunchConfig { grid_dim: (num_kv_heads as u32, meta.num_check_tiles as u32, 1),
+                    block_dim: (128, 1, 1), shared_mem_bytes: *smem };
+                unsafe { b.launch(cfg) }.w()?;
+                Some(other)
+            }
+            _ => None,
+        };
         drop((qd, kd, vd));
         drop((qs, ks, vs));
-        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, self.dev.clone()));
-        Ok(Tensor::from_storage(storage, (n_tokens, num_heads * head_dim), BackpropOp::none(), false))
+        let wrap = |s: CudaSlice<T>| {
+            let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(s, self.dev.clone()));
+            Tensor::from_storage(storage, (n_tokens, num_heads * head_dim), BackpropOp::none(), false)
+        };
+        let out = wrap(out);
+        if let Some(other) = reference {
+            let diff = (&out - wrap(other))?.abs()?.to_dtype(DType::F32)?;
+            let (max_diff, mean_diff) = (diff.max_all()?.to_scalar::<f32>()?, diff.mean_all()?.to_scalar::<f32>()?);
+            let max_out = out.abs()?.to_dtype(DType::F32)?.max_all()?.to_scalar::<f32>()?;
+            eprintln!("prefill check layer {layer}: {n_tokens} tokens, |tensor-core - CUDA-core| max {max_diff:.5} mean {mean_diff:.6}, max |out| {max_out:.4}");
+        }
+        Ok(out)
     }
 }
 
