@@ -236,14 +236,16 @@ async fn rolling_update(c: &Cluster, ns: &str, results: &mut Results) -> anyhow:
     let before = prompt_tokens(chat(&http(), &base, "Hi", 1).await?);
     let (load, tasks) = start_load(base.clone(), 2, 8);
     until("some requests before the change", Duration::from_secs(60), || async { Ok((load.ok.load(Ordering::Relaxed) >= 2).then_some(())) }).await?;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), ns);
+    let template_of = |d: &Deployment| d.spec.as_ref().map(|s| s.template.clone());
+    let old_template = template_of(&deployments.get("chat").await?);
     let start = Instant::now();
     apply(c, ns, &smollm2(c, "chat", spec(TEMPLATE_V2))).await?;
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), ns);
-    until("the rollout to finish (2 updated, ready, old pods gone)", Duration::from_secs(300), || async {
+    until("the rollout to finish (new template, 2 updated, ready, old pods gone)", Duration::from_secs(300), || async {
         let d = deployments.get("chat").await?;
         let s = d.status.clone().unwrap_or_default();
-        let done = s.observed_generation == d.metadata.generation && s.updated_replicas == Some(2) && s.ready_replicas == Some(2)
-            && s.replicas == Some(2);
+        let done = template_of(&d) != old_template && s.observed_generation == d.metadata.generation
+            && s.updated_replicas == Some(2) && s.ready_replicas == Some(2) && s.replicas == Some(2);
         let pods = Api::<Pod>::namespaced(c.client.clone(), ns).list(&ListParams::default()).await?.items.len();
         Ok((done && pods == 2).then_some(()))
     }).await?;

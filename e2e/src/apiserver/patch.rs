@@ -1,7 +1,9 @@
 //! Writes other than create: JSON merge patch and server-side apply with field managers.
 //!
-//! Server-side apply here tracks, per object and field manager, the set of leaf fields the
-//! manager applied. Maps are merged key by key; lists are atomic (one field, replaced whole),
+//! Server-side apply here tracks, per object and field manager, the set of fields the manager
+//! applied: every map it set and every leaf in it. A field it stops applying goes, unless
+//! another manager owns it (so a dropped struct goes whole, and a struct another manager also
+//! set keeps that manager's part). Maps are merged key by key; lists are atomic (one field, replaced whole),
 //! which is what the real API does for lists without merge keys and is indistinguishable for
 //! a manager that always applies whole lists (the operator does). Not emulated: merging
 //! keyed lists (`containers` by name) from different managers, and `managedFields` in the
@@ -35,11 +37,15 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// The leaf fields a configuration sets (maps recursed, lists and scalars are leaves).
+/// The fields a configuration sets: each map and, recursively, its keys (lists and scalars
+/// are leaves).
 pub fn fields(v: &Value) -> BTreeSet<FieldPath> {
     fn walk(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
         match v {
             Value::Object(m) if !m.is_empty() => {
+                if !prefix.is_empty() {
+                    out.insert(prefix.clone());
+                }
                 for (k, child) in m {
                     if child.is_null() {
                         continue;
@@ -57,7 +63,7 @@ pub fn fields(v: &Value) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     walk(v, &mut vec![], &mut out);
     // Identity is not owned by anyone.
-    for f in [&["apiVersion"][..], &["kind"], &["metadata", "name"], &["metadata", "namespace"]] {
+    for f in [&["apiVersion"][..], &["kind"], &["metadata"], &["metadata", "name"], &["metadata", "namespace"]] {
         out.remove(&f.iter().map(|s| s.to_string()).collect::<FieldPath>());
     }
     out
@@ -114,7 +120,8 @@ pub struct Conflict {
 pub fn apply(current: &Value, config: &Value, manager: &str, force: bool, owners: &mut Ownership) -> Result<Value, Vec<Conflict>> {
     let applied = fields(config);
     let mut conflicts = vec![];
-    for f in &applied {
+    // Values conflict at leaves; maps are shared by whoever sets keys in them.
+    for f in applied.iter().filter(|f| !get(config, f).is_some_and(|v| v.as_object().is_some_and(|m| !m.is_empty()))) {
         let differs = get(current, f) != get(config, f);
         for (other, owned) in owners.iter().filter(|(m, _)| m.as_str() != manager) {
             if differs && owned.contains(f) {
@@ -127,7 +134,10 @@ pub fn apply(current: &Value, config: &Value, manager: &str, force: bool, owners
     }
     let mut out = if current.is_null() { Value::Object(Map::new()) } else { current.clone() };
     let previous = owners.remove(manager).unwrap_or_default();
-    for f in previous.difference(&applied) {
+    // Shortest first: a dropped map goes whole.
+    let mut dropped: Vec<&FieldPath> = previous.difference(&applied).collect();
+    dropped.sort_by_key(|f| f.len());
+    for f in dropped {
         if !owners.values().any(|o| o.contains(f)) {
             remove(&mut out, f);
         }
@@ -174,7 +184,14 @@ mod tests {
         let mut owners = Ownership::new();
         let a = apply(&Value::Null, &json!({"spec": {"a": 1, "b": {"c": 2}}}), "op", false, &mut owners).unwrap();
         let b = apply(&a, &json!({"spec": {"a": 1}}), "op", false, &mut owners).unwrap();
-        assert_eq!(b, json!({"spec": {"a": 1, "b": {}}}));
+        assert_eq!(b, json!({"spec": {"a": 1}}), "a dropped struct goes whole");
+        // Unless another manager set part of it.
+        let c = apply(&b, &json!({"spec": {"a": 1, "b": {"c": 2}}}), "op", false, &mut owners).unwrap();
+        let mut d = c.clone();
+        d["spec"]["b"]["e"] = json!(5);
+        record_update(&c, &d, "other", &mut owners);
+        let e = apply(&d, &json!({"spec": {"a": 1}}), "op", false, &mut owners).unwrap();
+        assert_eq!(e, json!({"spec": {"a": 1, "b": {"e": 5}}}));
     }
 
     #[test]
@@ -197,3 +214,4 @@ mod tests {
         assert_eq!(v, json!({"a": {"c": 2, "d": [1]}}));
     }
 }
+
