@@ -123,7 +123,7 @@ fn url_and_image_sources() {
 #[test]
 fn chat_templates_inline_and_by_reference() {
     let c = children(json!({"model": {"hostPath": {"path": "/m"}, "chatTemplate": {"inline": "{{ messages }}"}}}));
-    let cm = c.chat_template.expect("inline template gets a ConfigMap");
+    let cm = c.chat_template.clone().expect("inline template gets a ConfigMap");
     assert_eq!(cm.metadata.name.as_deref(), Some("chat-chat-template"));
     assert_eq!(cm.data.unwrap()["chat_template.jinja"], "{{ messages }}");
     assert_eq!(flag(&c.deployment, "--chat-template").as_deref(), Some("/etc/kandle/chat-template/chat_template.jinja"));
