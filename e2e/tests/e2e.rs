@@ -368,6 +368,31 @@ async fn operator_restart(c: &Cluster, ns: &str, _: &mut Results) -> anyhow::Res
     Ok(())
 }
 
+/// A server process that dies is restarted by the node agent: exit code and restart count
+/// in the pod status, Ready again, serving again.
+async fn crash_restart(c: &Cluster, ns: &str, results: &mut Results) -> anyhow::Result<()> {
+    let agent = c.agent.as_ref().context("needs the node agent")?;
+    apply(c, ns, &smollm2(c, "crash", json!({}))).await?;
+    let llm = wait_ready(c, ns, "crash", 1, Duration::from_secs(180)).await?;
+    let pid = agent.processes().iter().find(|p| p.namespace == ns).map(|p| p.pid).context("no process")?;
+    let start = Instant::now();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
+    until("the container to restart and be ready again", Duration::from_secs(120), || async {
+        let pod = live_pods(c, ns).await?.pop().context("pod")?;
+        let cs = pod.status.and_then(|s| s.container_statuses).unwrap_or_default().pop().context("container status")?;
+        let last = cs.last_state.and_then(|s| s.terminated).map(|t| t.exit_code);
+        Ok((cs.restart_count == 1 && last == Some(137) && cs.ready).then_some(()))
+    }).await?;
+    results.insert("crash_restart.kill_to_ready_s".into(), start.elapsed().as_secs_f64());
+    ensure!(pods.list(&ListParams::default()).await?.items.len() == 1, "the pod was replaced, not restarted");
+    let (base, _proxy) = c.endpoint_url(llm["status"]["endpoint"].as_str().context("endpoint")?).await?;
+    chat(&http(), &base, "Hello again", 4).await?;
+    Ok(())
+}
+
 /// Deleting the LLMDeployment removes every child and stops the processes.
 async fn delete(c: &Cluster, ns: &str, results: &mut Results) -> anyhow::Result<()> {
     apply(c, ns, &smollm2(c, "gone", json!({"model": {"chatTemplate": {"inline": TEMPLATE_V1}}}))).await?;
@@ -402,7 +427,7 @@ macro_rules! scenario {
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let scenarios = [scenario!(serve), scenario!(invalid), scenario!(delete), scenario!(operator_restart),
+    let scenarios = [scenario!(serve), scenario!(invalid), scenario!(crash_restart), scenario!(delete), scenario!(operator_restart),
         scenario!(rolling_update), scenario!(model_change), scenario!(autoscale)];
     let selected: Vec<_> = scenarios.iter().filter(|(n, _)| wanted.is_empty() || wanted.iter().any(|w| n.contains(w.as_str()))).collect();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("E2E_LOG").unwrap_or_else(|_| "warn".into())).init();

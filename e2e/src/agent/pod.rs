@@ -72,6 +72,11 @@ pub(crate) fn start(client: Client, cfg: Arc<AgentConfig>, shared: Arc<Mutex<Sha
     Some(Handle { uid, stop, done, task })
 }
 
+/// A container's `terminated` state, stamped once when it exits.
+fn terminated(code: i32, started_at: &str) -> Value {
+    json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "startedAt": started_at, "finishedAt": now()})
+}
+
 fn now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -102,20 +107,18 @@ impl ContainerState {
 
     fn status(&self, init: bool) -> Value {
         let state = match (&self.child, &self.waiting, self.exited) {
-            (Some(c), _, _) => json!({"running": {"startedAt": self.started_at}, "_pid": c.id()}),
-            (None, _, Some(code)) if init || self.waiting.is_none() => json!({"terminated": {"exitCode": code,
-                "reason": if code == 0 { "Completed" } else { "Error" }, "startedAt": self.started_at, "finishedAt": now()}}),
+            (Some(_), _, _) => json!({"running": {"startedAt": self.started_at}}),
+            (None, _, Some(_)) if init || self.waiting.is_none() => json!({"terminated": self.last_exit}),
             (None, Some((reason, message)), _) => json!({"waiting": {"reason": reason, "message": message}}),
             (None, None, _) => json!({"waiting": {"reason": "ContainerCreating"}}),
         };
-        let mut state = state;
-        let pid = state.as_object_mut().and_then(|m| m.remove("_pid"));
         let mut s = json!({"name": self.spec.name, "image": self.spec.image, "imageID": "", "ready": self.ready,
             "started": self.started, "restartCount": self.restarts, "state": state});
-        if let Some(pid) = pid {
-            s["containerID"] = json!(format!("local://{pid}"));
+        if let Some(c) = &self.child {
+            s["containerID"] = json!(format!("local://{}", c.id()));
         }
-        if let Some(last) = &self.last_exit {
+        // The previous run, while the container runs again or waits to.
+        if let (Some(last), false) = (&self.last_exit, s["state"].get("terminated").is_some()) {
             s["lastState"] = json!({"terminated": last});
         }
         s
@@ -227,12 +230,11 @@ impl Runner {
                 "OnFailure" => code != 0,
                 _ => !(init && code == 0),
             };
+            c.last_exit = Some(terminated(code, &c.started_at));
             if init && code == 0 {
                 c.waiting = None;
                 return;
             }
-            c.last_exit = Some(json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                "startedAt": c.started_at, "finishedAt": now()}));
             if restart {
                 // The kubelet's CrashLoopBackOff, scaled down (1 s doubling to 10 s, not 10 s to 5 min).
                 c.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {:?} restarting failed container", c.backoff)));
@@ -560,6 +562,7 @@ fn stop_containers(containers: &mut [ContainerState], grace: Duration, shared: &
                 }
             };
             c.exited = Some(code);
+            c.last_exit = Some(terminated(code, &c.started_at));
             c.waiting = None;
             c.ready = false;
         }
