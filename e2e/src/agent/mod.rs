@@ -126,7 +126,7 @@ async fn register_node(client: &Client, cfg: &AgentConfig) -> anyhow::Result<()>
 
 /// Node status (Ready) and the node Lease, renewed so a real control plane keeps the node.
 async fn heartbeat(client: &Client, cfg: &AgentConfig) -> anyhow::Result<()> {
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = crate::now();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let status = json!({"status": {
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kandle node agent is posting ready status",

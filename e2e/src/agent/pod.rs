@@ -5,6 +5,7 @@
 //! SIGKILL, then the pod object is removed.
 
 use super::{allocate_ip, release_ip, AgentConfig, Shared};
+use crate::now;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Client;
@@ -77,9 +78,6 @@ fn terminated(code: i32, started_at: &str) -> Value {
     json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "startedAt": started_at, "finishedAt": now()})
 }
 
-fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
 
 /// One container's process and what the kubelet reports about it.
 struct ContainerState {

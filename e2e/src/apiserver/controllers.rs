@@ -49,13 +49,7 @@ fn owner_ref(owner: &Value) -> Value {
 fn template_hash(template: &Value) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     template.to_string().hash(&mut h);
-    let mut x = h.finish();
-    let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..10).map(|_| {
-        let c = alphabet[(x % alphabet.len() as u64) as usize] as char;
-        x /= alphabet.len() as u64;
-        c
-    }).collect()
+    crate::name_suffix(h.finish(), 10)
 }
 
 fn int(v: &Value, default: i64) -> i64 {

@@ -79,9 +79,7 @@ pub struct Store {
     serial: u64,
 }
 
-pub fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+pub(crate) use crate::now;
 
 impl Default for Store {
     fn default() -> Self {
@@ -129,13 +127,7 @@ impl Store {
     /// `generateName` suffix: five characters like the API server's.
     fn suffix(&mut self) -> String {
         self.serial += 1;
-        let mut x = self.serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5bd1e995;
-        let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
-        (0..5).map(|_| {
-            let c = alphabet[(x % alphabet.len() as u64) as usize] as char;
-            x /= alphabet.len() as u64;
-            c
-        }).collect()
+        crate::name_suffix(self.serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5bd1e995, 5)
     }
 
     pub fn create(&mut self, t: &ResourceType, ns: &str, mut body: Value, manager: &str) -> Result<Value, ApiError> {
