@@ -23,6 +23,18 @@ const THREADS: u32 = 256;
 const PREFILL_ROWS: usize = 32;
 const MMA_PREFILL_ROWS: usize = 64;
 
+/// Dynamic shared memory of `attend_tiled` (its layout comment).
+fn tiled_prefill_smem(hd: usize) -> usize {
+    4 * (32 * (hd + 4) + 32 * hd + PREFILL_ROWS * (hd + 32))
+}
+
+/// A prefill kernel, allowed the dynamic shared memory it needs.
+fn prefill_kernel(f: CudaFunction, smem: usize) -> Result<(CudaFunction, u32)> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+    f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    Ok((f, smem as u32))
+}
+
 /// Dynamic shared memory of `attend_mma` (its layout comment): Q, K and V tiles in the model's
 /// 16-bit type with 8 elements of row padding, f32 scores and outputs, 16-bit probabilities.
 fn mma_prefill_smem(hd: usize) -> usize {
@@ -101,21 +113,15 @@ impl CudaPagedAttention {
             None
         } else {
             let (f, smem) = if mma {
-                (func(format!("paged_prefill_mma_{sfx}_hd{hd}"))?, mma_prefill_smem(hd))
+                prefill_kernel(func(format!("paged_prefill_mma_{sfx}_hd{hd}"))?, mma_prefill_smem(hd))?
             } else {
-                (func(format!("paged_prefill_{sfx}_hd{hd}"))?, 4 * (32 * (hd + 4) + 32 * hd + PREFILL_ROWS * (hd + 32)))
+                prefill_kernel(func(format!("paged_prefill_{sfx}_hd{hd}"))?, tiled_prefill_smem(hd))?
             };
-            use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
-            Some((f, smem as u32, rows))
+            Some((f, smem, rows))
         };
         let check = match (&prefill, std::env::var_os("KANDLE_PREFILL_CHECK")) {
             (Some(_), Some(_)) if mma && group <= PREFILL_ROWS => {
-                let f = func(format!("paged_prefill_{sfx}_hd{hd}"))?;
-                let smem = 4 * (32 * (hd + 4) + 32 * hd + PREFILL_ROWS * (hd + 32));
-                use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-                f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
-                Some((f, smem as u32))
+                Some(prefill_kernel(func(format!("paged_prefill_{sfx}_hd{hd}"))?, tiled_prefill_smem(hd))?)
             }
             _ => None,
         };
@@ -209,24 +215,23 @@ impl CudaPagedAttention {
                 block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }.w()?;
         }
+        // A prefill kernel (128 threads, a block per kv head and tile) over one list of tiles.
+        let launch_prefill = |f: &CudaFunction, smem: u32, out: &mut CudaSlice<T>, tiles: &CudaSlice<u32>, num_tiles: usize| {
+            let mut b = self.stream.launch_builder(f);
+            b.arg(out).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
+                .arg(tiles).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
+            let cfg = LaunchConfig { grid_dim: (num_kv_heads as u32, num_tiles as u32, 1),
+                block_dim: (128, 1, 1), shared_mem_bytes: smem };
+            unsafe { b.launch(cfg) }.w().map(|_| ())
+        };
         if let (Some((prefill, smem, _)), true) = (&self.prefill, meta.num_tiles > 0) {
-            let mut b = self.stream.launch_builder(prefill);
-            b.arg(&mut out).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
-                .arg(&meta.tiles).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
-            let cfg = LaunchConfig { grid_dim: (num_kv_heads as u32, meta.num_tiles as u32, 1),
-                block_dim: (128, 1, 1), shared_mem_bytes: *smem };
-            unsafe { b.launch(cfg) }.w()?;
+            launch_prefill(prefill, *smem, &mut out, &meta.tiles, meta.num_tiles)?;
         }
         let reference = match (&self.check, meta.num_decode == 0 && meta.num_check_tiles > 0) {
             (Some((f, smem)), true) => {
                 // Every row is written: a prefill-only step has every token in a tile.
                 let mut other = unsafe { self.dev.alloc::<T>(n_tokens * num_heads * head_dim) }?;
-                let mut b = self.stream.launch_builder(f);
-                b.arg(&mut other).arg(&qd).arg(&self.k[layer]).arg(&self.v[layer]).arg(&meta.block_tables)
-                    .arg(&meta.check_tiles).arg(&nh).arg(&nkv).arg(&bs).arg(&scale);
-                let cfg = LaunchConfig { grid_dim: (num_kv_heads as u32, meta.num_check_tiles as u32, 1),
-                    block_dim: (128, 1, 1), shared_mem_bytes: *smem };
-                unsafe { b.launch(cfg) }.w()?;
+                launch_prefill(f, *smem, &mut other, &meta.check_tiles, meta.num_check_tiles)?;
                 Some(other)
             }
             _ => None,
