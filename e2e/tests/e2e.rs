@@ -326,8 +326,10 @@ async fn autoscale(c: &Cluster, ns: &str, results: &mut Results) -> anyhow::Resu
     results.insert("autoscale.load_to_second_replica_ready_s".into(), start.elapsed().as_secs_f64());
     let served = load.ok.load(Ordering::Relaxed) + 4;
     until("requests served with 2 replicas", Duration::from_secs(120), || async { Ok((load.ok.load(Ordering::Relaxed) >= served).then_some(())) }).await?;
-    stop_load(&load, tasks).await?;
+    // The operator's below-target window opens while the last requests drain, so the delay
+    // is measured from the stop signal, not from the moment they have all finished.
     let idle = Instant::now();
+    stop_load(&load, tasks).await?;
     until("scale-down to 1 replica", Duration::from_secs(120), || async {
         let llm = get_llm(c, ns, "auto").await?;
         let pods = live_pods(c, ns).await?.len();
