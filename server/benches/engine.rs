@@ -5,6 +5,8 @@
 //!   KANDLE_BENCH_MODEL=path/to/model.gguf cargo bench -p kandle-server --bench engine
 //!   KANDLE_BENCH_DEQUANTIZE=1 ...   (f32 weights instead of quantized matmuls)
 //!
+//!   cargo bench -p kandle-server --bench engine -- 16   (only decode at 16 concurrent: for perf)
+//!
 //! Drives the engine core directly (the same step loop the engine thread runs).
 
 use kandle_server::engine::{EngineConfig, EngineCore, GenerateRequest, RequestEvent, SamplingParams};
@@ -80,7 +82,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo test --benches asks for a listing
     }
-    let bw = memory_bandwidth();
+    // A number argument runs only decode at that concurrency (for profiling).
+    let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let bw = if only.is_some() { 0.0 } else { memory_bandwidth() };
     let model_bytes = std::fs::metadata(model_path()).map(|m| m.len()).unwrap_or(0) as f64;
     let mut core = core();
     let tok = core.tokenizer().clone();
@@ -88,6 +92,11 @@ fn main() {
     let long_text = "The history of the lighthouse begins in antiquity. ".repeat(60);
     let long: Vec<u32> = tok.encode(&long_text, true).unwrap()[..512].to_vec();
     run(&mut core, &short, 1, 8); // warm-up
+    if let Some(n) = only {
+        let (_, secs, toks) = run(&mut core, &short, n, 128);
+        println!("decode: {n:>2} concurrent x 128 tokens: {:.1} tok/s aggregate", toks as f64 / secs);
+        return;
+    }
     println!("machine: {} threads, read bandwidth {bw:.1} GB/s; model file {:.1} MB", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), model_bytes / 1e6);
     println!("bandwidth limit (weights read once per step): {:.0} tok/s single-sequence", bw * 1e9 / model_bytes);
     let (p, _, _) = run(&mut core, &long, 1, 1);

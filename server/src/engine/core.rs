@@ -94,6 +94,9 @@ pub struct EngineCore {
     next_request: u64,
     limits: Limits,
     pub stats: Arc<EngineStats>,
+    /// The step's data-parallel kernels run here, and so does the step itself: its thread
+    /// is one of the pool's workers instead of a third thread competing for the cores.
+    pool: Arc<rayon::ThreadPool>,
 }
 
 /// Sizes the KV block pool and builds the attention backend for the model's device: on CPU
@@ -170,6 +173,8 @@ impl EngineCore {
             next_request: 0,
             limits,
             stats,
+            pool: Arc::new(rayon::ThreadPoolBuilder::new().thread_name(|i| format!("kandle-step-{i}")).build()
+                .map_err(|e| EngineError::Config(format!("starting the compute threads: {e}")))?),
         })
     }
 
@@ -236,6 +241,11 @@ impl EngineCore {
 
     /// Runs one scheduling + forward + sampling step. Returns false when idle.
     pub fn step(&mut self) -> bool {
+        let pool = Arc::clone(&self.pool);
+        pool.install(|| self.step_in_pool())
+    }
+
+    fn step_in_pool(&mut self) -> bool {
         self.abort_disconnected();
         let plan = self.sched.schedule();
         if plan.scheduled.is_empty() {

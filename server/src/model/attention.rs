@@ -2,7 +2,8 @@
 //! tables. The forward pass only sees the [`PagedAttention`] trait, so the CPU kernel here
 //! and a CUDA kernel can be swapped without touching the model code.
 
-use candle_core::{DType, Device, Result, Storage, Tensor};
+use super::cpu_ops::with_f32;
+use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 /// Where each sequence of a flattened batch sits and which KV blocks it owns.
@@ -46,7 +47,9 @@ pub struct KvCacheShape {
     pub num_blocks: usize,
 }
 
-/// f32 KV cache in host memory with a scalar-friendly attention loop that LLVM vectorises.
+/// f32 KV cache in host memory. Per layer, block and KV head one tile: keys transposed
+/// (`[head_dim][block_size]`), so a query's scores for 16 keys are 16-lane FMAs with no
+/// horizontal sums, then values (`[block_size][head_dim]`).
 pub struct CpuPagedAttention {
     shape: KvCacheShape,
     k: Vec<Vec<f32>>,
@@ -63,50 +66,196 @@ impl CpuPagedAttention {
     }
 }
 
-/// Borrows a contiguous f32 CPU tensor as a slice for the duration of `f`.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    if t.dtype() != DType::F32 || !t.is_contiguous() {
-        candle_core::bail!("paged attention (cpu) needs contiguous f32 tensors, got {:?}", t.dtype())
-    }
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("paged attention (cpu) got a device tensor") };
-    let all = cpu.as_slice::<f32>()?;
-    let start = layout.start_offset();
-    f(&all[start..start + t.elem_count()])
+/// Keys per softmax chunk and per vector of scores (one AVX-512 register). Chunks are
+/// logical (keys 0..16, 16..32, ...), so the arithmetic never depends on the block size.
+const W: usize = 16;
+
+/// Where one KV head's cached keys live: the layer's cache, the sequence's blocks.
+struct KvView<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    table: &'a [u32],
+    shape: &'a KvCacheShape,
+    kvh: usize,
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..L {
-            acc[i] += x[i] * y[i];
+impl KvView<'_> {
+    /// Start of key `j`'s (block, head) tile and its offset in the block.
+    fn tile(&self, j: usize) -> (usize, usize) {
+        let KvCacheShape { head_dim: d, block_size: bs, num_kv_heads: nkv, .. } = *self.shape;
+        ((self.table[j / bs] as usize * nkv + self.kvh) * d * bs, j % bs)
+    }
+
+    /// Scores of keys `j0..j0 + s.len()` (one chunk): each is the sum of four interleaved
+    /// partial dot products `((p0 + p1) + (p2 + p3))`, whichever path computes it.
+    fn scores(&self, q: &[f32], j0: usize, s: &mut [f32]) {
+        let (d, bs) = (q.len(), self.shape.block_size);
+        let (at, off) = self.tile(j0);
+        if bs % W == 0 && d % 4 == 0 {
+            // The chunk is 16 consecutive columns of one transposed tile: 16-lane arithmetic
+            // (keys past the chunk's end are computed and ignored).
+            let kt = &self.k[at + off..at + (d - 1) * bs + off + W];
+            let row = |c: usize| -> &[f32; W] { kt[c * bs..][..W].try_into().expect("W keys") };
+            // Four named accumulators: constant indices keep them in registers.
+            let mut acc = [[0f32; W]; 4];
+            let [a0, a1, a2, a3] = &mut acc;
+            for c in (0..d).step_by(4) {
+                axpy(a0, q[c], row(c));
+                axpy(a1, q[c + 1], row(c + 1));
+                axpy(a2, q[c + 2], row(c + 2));
+                axpy(a3, q[c + 3], row(c + 3));
+            }
+            for (i, s) in s.iter_mut().enumerate() {
+                *s = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+            }
+            return;
+        }
+        for (i, s) in s.iter_mut().enumerate() {
+            let (at, off) = self.tile(j0 + i);
+            let mut acc = [0f32; 4];
+            for c in 0..d {
+                acc[c % 4] += q[c] * self.k[at + c * bs + off];
+            }
+            *s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
     }
-    acc.iter().sum::<f32>() + tail
+
+    /// `out += sum_i p[i] * value(j0 + i)`, keys in order for every output value.
+    fn accumulate_values(&self, p: &[f32], j0: usize, out: &mut [f32]) {
+        let (d, bs) = (out.len(), self.shape.block_size);
+        let (at, off) = self.tile(j0);
+        if off + p.len() <= bs {
+            accumulate_rows(p, &self.v[at + off * d..at + (off + p.len()) * d], out);
+            return;
+        }
+        for (i, &p) in p.iter().enumerate() {
+            let (at, off) = self.tile(j0 + i);
+            accumulate_rows(&[p], &self.v[at + off * d..at + (off + 1) * d], out);
+        }
+    }
+}
+
+/// `acc += a * x` on fixed-size arrays (one or a few vector registers; separate multiply and
+/// add, as everywhere in this file, so every path rounds alike).
+#[inline(always)]
+fn axpy<const N: usize>(acc: &mut [f32; N], a: f32, x: &[f32; N]) {
+    for i in 0..N {
+        acc[i] += a * x[i];
+    }
+}
+
+/// `out += sum_o p[o] * rows[o]` (`rows`: `[p.len()][d]`): 64 (or 16) output values per
+/// pass, held in registers across the rows.
+fn accumulate_rows(p: &[f32], rows: &[f32], out: &mut [f32]) {
+    fn pass<const N: usize>(p: &[f32], rows: &[f32], out: &mut [f32], c0: usize) {
+        let d = out.len();
+        let mut acc = [0f32; N];
+        acc.copy_from_slice(&out[c0..c0 + N]);
+        for (o, &p) in p.iter().enumerate() {
+            axpy(&mut acc, p, rows[o * d + c0..][..N].try_into().expect("N values"));
+        }
+        out[c0..c0 + N].copy_from_slice(&acc);
+    }
+    let d = out.len();
+    let mut c0 = 0;
+    while c0 + 4 * W <= d {
+        pass::<{ 4 * W }>(p, rows, out, c0);
+        c0 += 4 * W;
+    }
+    while c0 + W <= d {
+        pass::<W>(p, rows, out, c0);
+        c0 += W;
+    }
+    for c in c0..d {
+        for (o, &p) in p.iter().enumerate() {
+            out[c] += p * rows[o * d + c];
+        }
+    }
+}
+
+/// `e^x` for x <= 0 in straight-line arithmetic the compiler vectorises (libm's `expf` is a
+/// call per value): x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so r is exact
+/// enough), e^r by its degree-6 Taylor polynomial, 2^n through the exponent bits; within a
+/// few ulp of libm. Below -87 the result is 0.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.max(-87.0);
+    let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { p * scale }
+}
+
+/// Softmax numerators in place: `s[o] = e^(s[o] - max)`; returns their sum.
+fn exp_shifted(s: &mut [f32], max: f32) -> f32 {
+    for x in s.iter_mut() {
+        *x = exp_nonpositive(*x - max);
+    }
+    s.iter().sum()
+}
+
+/// One token's `group` query heads over one KV head's first `n_keys` cached keys, with an
+/// online softmax one chunk at a time (rescaling what came before when the max grows).
+fn attend(q: &[f32], scale: f32, kv: &KvView<'_>, n_keys: usize, out: &mut [f32]) {
+    let d = kv.shape.head_dim;
+    let group = q.len() / d;
+    let q: Vec<f32> = q.iter().map(|x| x * scale).collect();
+    let mut max = vec![f32::NEG_INFINITY; group];
+    let mut denom = vec![0f32; group];
+    let mut s = [0f32; W];
+    out.fill(0.0);
+    for j0 in (0..n_keys).step_by(W) {
+        let s = &mut s[..W.min(n_keys - j0)];
+        for g in 0..group {
+            kv.scores(&q[g * d..(g + 1) * d], j0, s);
+            let new_max = s.iter().fold(max[g], |m, &x| if x > m { x } else { m });
+            let rescale = exp_nonpositive(max[g] - new_max);
+            let sum = exp_shifted(s, new_max);
+            denom[g] = denom[g] * rescale + sum;
+            max[g] = new_max;
+            let out = &mut out[g * d..(g + 1) * d];
+            if rescale != 1.0 {
+                out.iter_mut().for_each(|x| *x *= rescale);
+            }
+            kv.accumulate_values(s, j0, out);
+        }
+    }
+    for (g, out) in out.chunks_mut(d).enumerate() {
+        let inv = 1.0 / denom[g];
+        out.iter_mut().for_each(|x| *x *= inv);
+    }
 }
 
 impl PagedAttention for CpuPagedAttention {
     fn forward(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, meta: &AttentionMetadata)
         -> Result<Tensor> {
-        let KvCacheShape { num_heads, num_kv_heads, head_dim: d, block_size, .. } = self.shape;
+        let shape = self.shape;
+        let KvCacheShape { num_heads, num_kv_heads, head_dim: d, block_size: bs, .. } = shape;
         let n_tokens = meta.slot_mapping.len();
         let row = num_kv_heads * d;
         let (kc, vc) = (&mut self.k[layer], &mut self.v[layer]);
-        for (cache, new) in [(&mut *kc, k), (&mut *vc, v)] {
-            with_f32(new, |src| {
-                if src.len() != n_tokens * row {
-                    candle_core::bail!("k/v has {} values, expected {}", src.len(), n_tokens * row)
+        with_f32(k, |k| {
+            with_f32(v, |v| {
+                if k.len() != n_tokens * row || v.len() != n_tokens * row {
+                    candle_core::bail!("k/v have {}/{} values, expected {}", k.len(), v.len(), n_tokens * row)
                 }
                 for (t, &slot) in meta.slot_mapping.iter().enumerate() {
-                    cache[slot * row..(slot + 1) * row].copy_from_slice(&src[t * row..(t + 1) * row]);
+                    let (block, o) = (slot / bs, slot % bs);
+                    for h in 0..num_kv_heads {
+                        let at = (block * num_kv_heads + h) * d * bs;
+                        let src = (t * num_kv_heads + h) * d;
+                        for c in 0..d {
+                            kc[at + c * bs + o] = k[src + c];
+                        }
+                        vc[at + o * d..at + (o + 1) * d].copy_from_slice(&v[src..src + d]);
+                    }
                 }
                 Ok(())
-            })?;
-        }
+            })
+        })?;
         let (kc, vc) = (&self.k[layer], &self.v[layer]);
         let group = num_heads / num_kv_heads;
         let scale = self.scale;
@@ -127,35 +276,8 @@ impl PagedAttention for CpuPagedAttention {
                 // Causal: query i of this step sits at position context_len - query_len + i.
                 let n_keys = seq.context_len - seq.query_len + i + 1;
                 let qs = &q[(t * num_heads + kvh * group) * d..(t * num_heads + (kvh + 1) * group) * d];
-                let mut scores = vec![0f32; group * n_keys];
-                for j in 0..n_keys {
-                    let slot = seq.block_table[j / block_size] as usize * block_size + j % block_size;
-                    let key = &kc[(slot * num_kv_heads + kvh) * d..][..d];
-                    for g in 0..group {
-                        scores[g * n_keys + j] = dot(&qs[g * d..(g + 1) * d], key) * scale;
-                    }
-                }
-                for g in 0..group {
-                    let sc = &mut scores[g * n_keys..(g + 1) * n_keys];
-                    let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for x in sc.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    sc.iter_mut().for_each(|x| *x *= inv);
-                }
-                for j in 0..n_keys {
-                    let slot = seq.block_table[j / block_size] as usize * block_size + j % block_size;
-                    let val = &vc[(slot * num_kv_heads + kvh) * d..][..d];
-                    for g in 0..group {
-                        let p = scores[g * n_keys + j];
-                        for (o, x) in out[g * d..(g + 1) * d].iter_mut().zip(val) {
-                            *o += p * x;
-                        }
-                    }
-                }
+                let kv = KvView { k: kc, v: vc, table: &seq.block_table, shape: &shape, kvh };
+                attend(qs, scale, &kv, n_keys, out);
             });
             Ok(())
         })?;
@@ -186,17 +308,60 @@ impl PagedAttention for CpuPagedAttention {
 mod tests {
     use super::*;
 
-    /// Paged attention over scattered blocks equals dense causal softmax attention.
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn exp_matches_libm() {
+        for i in 0..=20000 {
+            let x = -(i as f32) * 0.005; // 0 .. -100
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            assert!((got - want).abs() <= 5e-7 * want + 1e-37, "exp({x}) = {got}, libm {want}");
+        }
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// Paged attention over scattered blocks equals dense causal softmax attention: the
+    /// generic path (block 4, head 8) and the vectorised one (block 16, head 64, keys
+    /// spanning several blocks and ending mid-block).
     #[test]
     fn matches_dense_attention_with_scattered_blocks() {
-        let (h, kvh, d, bs) = (4, 2, 8, 4);
-        let shape = KvCacheShape { num_layers: 1, num_heads: h, num_kv_heads: kvh, head_dim: d, block_size: bs, num_blocks: 8 };
-        let mut attn = CpuPagedAttention::new(shape);
-        let t = 6;
+        check_dense(4, 2, 8, 4, 6, vec![5, 2]);
+        check_dense(6, 2, 64, 16, 37, vec![3, 7, 1]);
+    }
+
+    /// The physical block size changes where keys live, never the arithmetic: bit-identical
+    /// outputs for blocks of 4, 16 and 32 (beam search notices the last ulp).
+    #[test]
+    fn same_bits_whatever_the_block_size() {
+        let (h, kvh, d, t) = (6, 2, 64, 37);
         let q = Tensor::randn(0f32, 1.0, (t, h, d), &Device::Cpu).unwrap();
         let k = Tensor::randn(0f32, 1.0, (t, kvh, d), &Device::Cpu).unwrap();
         let v = Tensor::randn(0f32, 1.0, (t, kvh, d), &Device::Cpu).unwrap();
-        let table = vec![5u32, 2];
+        let run = |bs: usize| {
+            let shape = KvCacheShape { num_layers: 1, num_heads: h, num_kv_heads: kvh, head_dim: d, block_size: bs, num_blocks: 16 };
+            let mut attn = CpuPagedAttention::new(shape);
+            // Blocks in reverse order, so the table is not the identity.
+            let table: Vec<u32> = (0..t.div_ceil(bs) as u32).rev().collect();
+            let slots = (0..t).map(|i| table[i / bs] as usize * bs + i % bs).collect();
+            let meta = AttentionMetadata {
+                slot_mapping: slots,
+                seqs: vec![SeqAttention { query_start: 0, query_len: t, context_len: t, block_table: table }],
+            };
+            attn.forward(0, &q, &k, &v, &meta).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let base = run(16);
+        assert_eq!(run(4), base);
+        assert_eq!(run(32), base);
+    }
+
+    fn check_dense(h: usize, kvh: usize, d: usize, bs: usize, t: usize, table: Vec<u32>) {
+        let shape = KvCacheShape { num_layers: 1, num_heads: h, num_kv_heads: kvh, head_dim: d, block_size: bs, num_blocks: 8 };
+        let mut attn = CpuPagedAttention::new(shape);
+        let q = Tensor::randn(0f32, 1.0, (t, h, d), &Device::Cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (t, kvh, d), &Device::Cpu).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (t, kvh, d), &Device::Cpu).unwrap();
         let slots = (0..t).map(|i| table[i / bs] as usize * bs + i % bs).collect();
         let meta = AttentionMetadata {
             slot_mapping: slots,

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod bert;
 pub mod config;
+mod cpu_ops;
 pub mod embedding;
 #[cfg(feature = "cuda")]
 pub mod cuda_attention;

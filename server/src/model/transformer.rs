@@ -33,15 +33,15 @@ struct Layer {
     down: Linear,
 }
 
-/// The q/k/v projections: separate, or (on GPUs: dense weights, no bias, no q/k norm) one
-/// GEMM whose output one kernel splits and rotates.
+/// The q/k/v projections: separate, or (no q/k norm; dense weights on GPUs, our quantized
+/// matrices on CPUs) one matmul whose output is split and rotated (one kernel on GPUs).
 enum Qkv {
     Split { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
 }
 
-/// The gate and up projections: separate, or (on GPUs, dense weights) one GEMM against the
-/// concatenated matrix followed by a fused silu·mul.
+/// The gate and up projections: separate, or (dense weights on GPUs, quantized on CPUs) one
+/// matmul against the concatenated matrix followed by silu·mul (one kernel on GPUs).
 enum Mlp {
     Split { gate: Linear, up: Linear },
     Fused { gate_up: Linear, inter: usize },
@@ -145,8 +145,8 @@ impl CausalLm {
                     let q = src.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, bias)?;
                     let k = src.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, bias)?;
                     let v = src.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, bias)?;
-                    let fused = if device.is_cpu() || cfg.qk_norm { None } else {
-                        Linear::fuse(&[&q, &k, &v]).map_err(|e| ModelError::Load(format!("fusing {p} q/k/v: {e}")))?
+                    let fused = if cfg.qk_norm { None } else {
+                        Linear::fuse(&[&q, &k, &v], !device.is_cpu()).map_err(|e| ModelError::Load(format!("fusing {p} q/k/v: {e}")))?
                     };
                     match fused {
                         Some(qkv) => Qkv::Fused(qkv),
@@ -160,11 +160,8 @@ impl CausalLm {
                 mlp: {
                     let gate = src.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?;
                     let up = src.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?;
-                    // The CPU keeps them apart: its quantized kernels and exactness tests
-                    // are per matrix.
-                    let fused = if device.is_cpu() { None } else {
-                        Linear::fuse(&[&gate, &up]).map_err(|e| ModelError::Load(format!("fusing {p} gate/up: {e}")))?
-                    };
+                    let fused = Linear::fuse(&[&gate, &up], !device.is_cpu())
+                        .map_err(|e| ModelError::Load(format!("fusing {p} gate/up: {e}")))?;
                     match fused {
                         Some(gate_up) => Mlp::Fused { gate_up, inter: cfg.intermediate_size },
                         None => Mlp::Split { gate, up },
@@ -216,11 +213,19 @@ impl CausalLm {
         self.dtype
     }
 
+    /// Whether the fused ops have a CPU kernel (f32 only; other dtypes run candle's ops).
+    fn cpu_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
+    }
+
     /// `silu(gate) * up` from the fused projection's `[rows, 2 * inter]` output.
     fn silu_mul(&self, y: &Tensor, inter: usize) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if let Some(op) = &self.fused {
             return op.silu_mul(y);
+        }
+        if self.cpu_f32() {
+            return super::cpu_ops::silu_mul(y, inter);
         }
         candle_nn::ops::silu(&y.narrow(1, 0, inter)?)? * y.narrow(1, inter, inter)?
     }
@@ -232,18 +237,23 @@ impl CausalLm {
         if let Some(op) = &self.fused {
             return op.qkv_rope(qkv, cos, sin, nh, nkv, hd, self.rope.interleaved);
         }
+        if self.cpu_f32() {
+            return super::cpu_ops::qkv_rope(qkv, cos, sin, nh, nkv, hd, self.rope.interleaved);
+        }
         let n = qkv.dim(0)?;
         let part = |start: usize, heads: usize| qkv.narrow(1, start * hd, heads * hd)?.contiguous()?.reshape((n, heads, hd));
         let (q, k, v) = (part(0, nh)?, part(nh, nkv)?, part(nh + nkv, nkv)?);
         Ok((self.rope.apply(&q, cos, sin)?, self.rope.apply(&k, cos, sin)?, v))
     }
 
-    /// The residual add and the following norm: `(x + delta, norm(x + delta))`, one kernel
-    /// on GPUs.
+    /// The residual add and the following norm: `(x + delta, norm(x + delta))`, one kernel.
     fn add_norm(&self, x: &Tensor, delta: &Tensor, norm: &Norm) -> Result<(Tensor, Tensor)> {
         #[cfg(feature = "cuda")]
         if let Some(op) = &self.fused {
             return op.add_rms_norm(x, delta, &norm.weight, norm.eps);
+        }
+        if self.cpu_f32() {
+            return super::cpu_ops::add_rms_norm(x, delta, &norm.weight, norm.eps);
         }
         let sum = (x + delta)?;
         let h = norm.forward(&sum)?;

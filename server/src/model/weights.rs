@@ -38,18 +38,36 @@ impl Linear {
 }
 
 impl Linear {
-    /// One layer computing all of `parts` (outputs concatenated along the last dim) when
-    /// they are plain dense matrices without bias: one GEMM instead of several.
-    pub fn fuse(parts: &[&Linear]) -> candle_core::Result<Option<Linear>> {
-        let mut mats = vec![];
-        for p in parts {
-            match (&p.weight, &p.bias) {
-                (Weight::Candle(QMatMul::Tensor(t)), None) => mats.push(t),
-                _ => return Ok(None),
-            }
+    /// One layer computing all of `parts` (outputs concatenated along the last dim): one
+    /// matmul instead of several. Our quantized CPU matrices always fuse (each output column
+    /// is computed on its own, so results are bit-identical to the separate layers); dense
+    /// matrices only with `dense` (one GEMM may block its columns differently, so the GPU,
+    /// where that is accepted, asks for it, without biases). Biases of quantized parts fuse
+    /// when every part has one.
+    pub fn fuse(parts: &[&Linear], dense: bool) -> candle_core::Result<Option<Linear>> {
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        let no_bias = parts.iter().all(|p| p.bias.is_none());
+        if biases.is_none() && !no_bias {
+            return Ok(None); // some parts have a bias, some not
         }
-        let w = Tensor::cat(&mats, 0)?;
-        Ok(Some(Linear { weight: Weight::Candle(QMatMul::Tensor(w)), bias: None }))
+        let quant: Option<Vec<_>> = parts.iter().map(|p| match &p.weight {
+            Weight::Quant(q) => Some(q),
+            _ => None,
+        }).collect();
+        let dense_mats: Option<Vec<_>> = parts.iter().map(|p| match &p.weight {
+            Weight::Candle(QMatMul::Tensor(t)) => Some(t),
+            _ => None,
+        }).collect();
+        let weight = match (quant, dense_mats) {
+            (Some(quant), _) => match super::quant_matmul::QuantMatrix::concat(&quant) {
+                Some(q) => Weight::Quant(q),
+                None => return Ok(None),
+            },
+            (None, Some(mats)) if dense && no_bias => Weight::Candle(QMatMul::Tensor(Tensor::cat(&mats, 0)?)),
+            _ => return Ok(None),
+        };
+        let bias = biases.map(|b| Tensor::cat(&b, 0)).transpose()?;
+        Ok(Some(Linear { weight, bias }))
     }
 }
 
