@@ -1,8 +1,11 @@
 //! Q4_1 / Q8_0 matmul for CPU. candle 0.11 has no SIMD dot product for Q4_1 on x86 and runs
 //! one dot per (row, column) for both. Here activations are quantized to 8 bits per 32-value
-//! block (llama.cpp's Q8_1) and multiplied in integers: one row at a time with AVX2 (decode),
-//! or 16 rows per AVX-512 VNNI register (`vpdpbusd`, batches and prefill; there activations
-//! are the unsigned operand, `a + 128`, and `128 * sum(w)` per block is subtracted back).
+//! block (llama.cpp's Q8_1) and multiplied in integers: one row at a time with AVX2 (decode);
+//! for batches and prefill, tiles of 16 rows with one row per vector lane, so weights are
+//! broadcast once for all rows and no horizontal sums are needed: 16 rows per AVX-512 VNNI
+//! register (`vpdpbusd`; activations are its unsigned operand, `a + 128`, and
+//! `128 * sum(w)` per block is subtracted back), or two registers of 8 rows with AVX2
+//! (`vpmaddubsw`, weights as the unsigned operand).
 //!
 //! Batch invariance: every kernel computes the same float operations in the same order for
 //! each (row, column) — exact integer block sums, then block `b` accumulated into lane
@@ -126,9 +129,10 @@ impl Acts {
     }
 }
 
-/// Rows `start..start + 16` of [`Acts`] interleaved for `vpdpbusd`: per block, 8 groups of
-/// (16 rows × 4 consecutive values, as `q + 128`), then per block the 16 rows' `d` and `s`.
-/// Missing rows are zeros (their lanes compute 0 and are not stored).
+/// Rows `start..start + 16` of [`Acts`] interleaved for the tile kernels: per block, 8 groups
+/// of (16 rows × 4 consecutive values), then per block the 16 rows' `d` and `s`. Values are
+/// stored as `q ^ bias`: `q + 128` as u8 for `vpdpbusd` (bias 0x80), `q` as i8 for AVX2
+/// (bias 0). Missing rows are zeros (their lanes compute 0 and are not stored).
 struct Tile {
     rows: usize,
     q: Vec<u8>,
@@ -137,18 +141,20 @@ struct Tile {
 }
 
 impl Tile {
-    fn new(a: &Acts, start: usize, rows: usize) -> Self {
+    fn new(a: &Acts, start: usize, rows: usize, bias: u8) -> Self {
         let kb = a.kb;
-        let mut t = Self { rows, q: vec![0x80; kb * QK * TILE_ROWS], d: vec![0.0; kb * TILE_ROWS], s: vec![0.0; kb * TILE_ROWS] };
+        let mut t = Self { rows, q: vec![bias; kb * QK * TILE_ROWS], d: vec![0.0; kb * TILE_ROWS], s: vec![0.0; kb * TILE_ROWS] };
         for r in 0..rows {
             let row = a.row(start + r);
+            // Groups of 4 values move as one u32 each (0x80 flips the top bit: + 128): group
+            // g of the row lands at (g * TILE_ROWS + r) * 4.
+            let bias = u32::from_ne_bytes([bias; 4]);
+            for (g, src) in row.q.chunks_exact(4).enumerate() {
+                let v = u32::from_ne_bytes([src[0] as u8, src[1] as u8, src[2] as u8, src[3] as u8]) ^ bias;
+                let dst = (g * TILE_ROWS + r) * 4;
+                t.q[dst..dst + 4].copy_from_slice(&v.to_ne_bytes());
+            }
             for b in 0..kb {
-                for g in 0..QK / 4 {
-                    let dst = ((b * QK / 4 + g) * TILE_ROWS + r) * 4;
-                    for (u, &q) in t.q[dst..dst + 4].iter_mut().zip(&row.q[b * QK + g * 4..][..4]) {
-                        *u = q as u8 ^ 0x80;
-                    }
-                }
                 t.d[b * TILE_ROWS + r] = row.d[b];
                 t.s[b * TILE_ROWS + r] = row.s[b];
             }
@@ -243,6 +249,7 @@ impl QuantMatrix {
         })
     }
 
+    #[inline]
     fn column(&self, j: usize) -> Column<'_> {
         let qb = self.kb * self.kind.quant_bytes();
         Column {
@@ -271,14 +278,15 @@ impl QuantMatrix {
     /// Row-major `[rows, n]` result, columns split across the thread pool.
     fn matmul(&self, acts: &Acts, isa: Isa) -> Vec<f32> {
         let rows = acts.rows();
-        // Whole tiles of 16 rows (and a last partial one of at least MIN_TILE_ROWS) go to the
-        // VNNI kernel; the rest run row by row.
+        // Whole tiles of 16 rows (and a last partial one of at least MIN_TILE_ROWS) go to a
+        // tile kernel; the rest run row by row.
         let mut tiles = vec![];
         let mut single_from = 0;
-        if isa.avx512_vnni {
+        if isa.avx2 {
+            let bias = if isa.avx512_vnni { 0x80 } else { 0 };
             while rows - single_from >= MIN_TILE_ROWS {
                 let len = (rows - single_from).min(TILE_ROWS);
-                tiles.push((single_from, Tile::new(acts, single_from, len)));
+                tiles.push((single_from, Tile::new(acts, single_from, len, bias)));
                 single_from += len;
             }
         }
@@ -290,7 +298,7 @@ impl QuantMatrix {
             let j0 = task * cols_per_task;
             let ncols = out.len() / rows;
             if !tiles.is_empty() {
-                self.tile_columns(j0, ncols, &tiles, out);
+                self.tile_columns(j0, ncols, &tiles, isa, out);
             }
             for jj in 0..ncols {
                 let col = self.column(j0 + jj);
@@ -320,47 +328,51 @@ impl QuantMatrix {
         dot_scalar(self.kind, self.kb, col, row)
     }
 
-    /// Columns `j0..j0 + ncols` against every tile, into `out` (`[rows][ncols]`): columns in
-    /// pairs, each pair's weights unpacked once for all tiles.
+    /// Columns `j0..j0 + ncols` against every tile, into `out` (`[rows][ncols]`).
     #[allow(unused_variables)]
-    fn tile_columns(&self, j0: usize, ncols: usize, tiles: &[(usize, Tile)], out: &mut [f32]) {
+    fn tile_columns(&self, j0: usize, ncols: usize, tiles: &[(usize, Tile)], isa: Isa, out: &mut [f32]) {
+        // SAFETY: tiles are only built when AVX2 was detected, and hold `q + 128` for the
+        // VNNI kernel only where AVX-512 VNNI was detected.
         #[cfg(target_arch = "x86_64")]
-        {
-            let kq = self.kb * QK;
-            let mut unpacked = vec![0u8; 2 * kq];
-            let mut jj = 0;
-            while jj < ncols {
-                let c = if jj + 1 < ncols { 2 } else { 1 };
-                let cols = [self.column(j0 + jj), self.column(j0 + jj + c - 1)];
-                let w: [&[u8]; 2] = match self.kind {
-                    Kind::Q8_0 => cols.map(|c| c.quants),
-                    Kind::Q4_1 => {
-                        let (a, b) = unpacked.split_at_mut(kq);
-                        // SAFETY: tiles are only built when AVX-512 VNNI (so AVX2) was detected.
-                        unsafe {
-                            x86::unpack_q4_1(cols[0].quants, a);
-                            x86::unpack_q4_1(cols[1].quants, b);
-                        }
-                        [&*a, &*b]
+        unsafe {
+            if isa.avx512_vnni {
+                self.tile_columns_with::<2>(j0, ncols, tiles, out, x86::tile_dot::<2>);
+            } else {
+                self.tile_columns_with::<2>(j0, ncols, tiles, out, x86::tile_dot_avx2::<2>);
+            }
+        }
+    }
+
+    /// [`Self::tile_columns`] `C` columns at a time (as many as the kernel keeps in
+    /// registers), each group's weights unpacked once for all tiles. A last short group
+    /// repeats its last column and drops the copies.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::type_complexity)]
+    unsafe fn tile_columns_with<const C: usize>(&self, j0: usize, ncols: usize, tiles: &[(usize, Tile)], out: &mut [f32],
+        kernel: unsafe fn(Kind, usize, [&[u8]; C], [Column<'_>; C], &Tile) -> [[f32; TILE_ROWS]; C]) {
+        let kq = self.kb * QK;
+        let mut unpacked = vec![0u8; C * kq];
+        for jj in (0..ncols).step_by(C) {
+            let cols: [Column<'_>; C] = std::array::from_fn(|i| self.column(j0 + (jj + i).min(ncols - 1)));
+            let w: [&[u8]; C] = match self.kind {
+                Kind::Q8_0 => cols.map(|c| c.quants),
+                Kind::Q4_1 => {
+                    for (c, buf) in cols.iter().zip(unpacked.chunks_exact_mut(kq)) {
+                        // SAFETY: AVX2 was detected (see the caller).
+                        unsafe { x86::unpack_q4_1(c.quants, buf) };
                     }
-                };
-                for (start, tile) in tiles {
-                    // SAFETY: as above; AVX-512 VNNI was detected.
-                    let vals = unsafe {
-                        if c == 2 {
-                            x86::tile_dot(self.kind, self.kb, w, cols, tile)
-                        } else {
-                            let [a] = x86::tile_dot(self.kind, self.kb, [w[0]], [cols[0]], tile);
-                            [a, a]
-                        }
-                    };
-                    for (i, vals) in vals.iter().enumerate().take(c) {
-                        for (r, &v) in vals[..tile.rows].iter().enumerate() {
-                            out[(start + r) * ncols + jj + i] = v;
-                        }
+                    let mut parts = unpacked.chunks_exact(kq);
+                    std::array::from_fn(|_| parts.next().expect("C buffers"))
+                }
+            };
+            for (start, tile) in tiles {
+                // SAFETY: see the caller.
+                let vals = unsafe { kernel(self.kind, self.kb, w, cols, tile) };
+                for (i, vals) in vals.iter().enumerate().take(ncols - jj) {
+                    for (r, &v) in vals[..tile.rows].iter().enumerate() {
+                        out[(start + r) * ncols + jj + i] = v;
                     }
                 }
-                jj += c;
             }
         }
     }

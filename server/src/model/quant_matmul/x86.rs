@@ -166,3 +166,98 @@ pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; 
         out
     })
 }
+
+/// The AVX2 tile kernel: as [`tile_dot`], with the 16 rows in two registers of 8 (lane = row)
+/// and `vpmaddubsw` of each 4-value weight group broadcast as the unsigned operand against
+/// the rows' signed activations. Q4_1 (weights 0..15) sums a block's 8 groups in i16 (at most
+/// 8 * 2 * 15 * 127 = 30480) before widening; Q8_0 moves the weight's sign onto the
+/// activations (as in [`row_dot`]) and widens every group.
+/// A tile of at most 8 rows runs only its first register.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_dot_avx2<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile) -> [[f32; TILE_ROWS]; C] {
+    // SAFETY: as the caller's.
+    unsafe {
+        if tile.rows <= 8 {
+            tile_dot_avx2_regs::<C, 1>(kind, kb, w, cols, tile)
+        } else {
+            tile_dot_avx2_regs::<C, { TILE_ROWS / 8 }>(kind, kb, w, cols, tile)
+        }
+    }
+}
+
+/// [`tile_dot_avx2`] on the tile's first `T` registers of 8 rows.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_dot_avx2_regs<const C: usize, const T: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile) -> [[f32; TILE_ROWS]; C] {
+    let mut acc = [[[_mm256_setzero_ps(); LANES]; T]; C];
+    let ones = _mm256_set1_epi16(1);
+    // SAFETY (whole loop): blocks b < kb exist in the weights and the tile; scales are padded.
+    unsafe {
+        for b in 0..kb {
+            let aq = tile.q.as_ptr().add(b * QK * TILE_ROWS);
+            let acts = |g: usize| -> [__m256i; T] {
+                std::array::from_fn(|t| _mm256_loadu_si256(aq.add((g * TILE_ROWS + t * 8) * 4) as *const __m256i))
+            };
+            let group = |c: usize, g: usize| _mm256_set1_epi32((w[c].as_ptr().add(b * QK + g * 4) as *const i32).read_unaligned());
+            let mut isum = [[_mm256_setzero_si256(); T]; C];
+            match kind {
+                Kind::Q4_1 => {
+                    let mut s16 = [[_mm256_setzero_si256(); T]; C];
+                    for g in 0..QK / 4 {
+                        let a = acts(g);
+                        for c in 0..C {
+                            let wg = group(c, g);
+                            for t in 0..T {
+                                s16[c][t] = _mm256_add_epi16(s16[c][t], _mm256_maddubs_epi16(wg, a[t]));
+                            }
+                        }
+                    }
+                    for c in 0..C {
+                        for t in 0..T {
+                            isum[c][t] = _mm256_madd_epi16(s16[c][t], ones);
+                        }
+                    }
+                }
+                Kind::Q8_0 => {
+                    for g in 0..QK / 4 {
+                        let a = acts(g);
+                        for c in 0..C {
+                            let wg = group(c, g);
+                            let wabs = _mm256_sign_epi8(wg, wg);
+                            for t in 0..T {
+                                let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(a[t], wg));
+                                isum[c][t] = _mm256_add_epi32(isum[c][t], _mm256_madd_epi16(p, ones));
+                            }
+                        }
+                    }
+                }
+            }
+            let l = b % LANES;
+            for t in 0..T {
+                let da = _mm256_loadu_ps(tile.d.as_ptr().add(b * TILE_ROWS + t * 8));
+                let sa = _mm256_loadu_ps(tile.s.as_ptr().add(b * TILE_ROWS + t * 8));
+                for c in 0..C {
+                    let scale = _mm256_mul_ps(_mm256_set1_ps(*cols[c].d.get_unchecked(b)), da);
+                    let a = &mut acc[c][t][l];
+                    *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum[c][t]), *a);
+                    // Q8_0 has no min: fma(0, s, acc) == acc (acc is never -0), so it is skipped.
+                    if kind == Kind::Q4_1 {
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*cols[c].m.get_unchecked(b)), sa, *a);
+                    }
+                }
+            }
+        }
+    }
+    acc.map(|tiles| {
+        let mut out = [0f32; TILE_ROWS];
+        for (t, a) in tiles.iter().enumerate() {
+            let s = _mm256_add_ps(
+                _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
+            );
+            // SAFETY: 8 floats.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(t * 8), s) };
+        }
+        out
+    })
+}
