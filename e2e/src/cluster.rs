@@ -64,8 +64,9 @@ impl Cluster {
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
         let bin_dir = target.join("debug");
         if std::env::var_os("KANDLE_E2E_SKIP_BUILD").is_none() {
-            // The binaries under test. `--workspace` keeps the features (and so the build) the same
-            // as `cargo build --workspace`: a no-op after it, not a second build of everything.
+            // The binaries under test. `--workspace` keeps the features the same as
+            // `cargo build --workspace`. Run from inside `cargo test` this still rebuilds ring and
+            // its dependents, so scripts/test.sh, which has just built them, skips it.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo).args(["build", "--workspace", "--bins"])
                 .current_dir(&repo).status().context("cargo build")?;
