@@ -6,6 +6,7 @@
 //!   KANDLE_BENCH_DEQUANTIZE=1 ...   (f32 weights instead of quantized matmuls)
 //!
 //!   cargo bench -p kandle-server --bench engine -- 16   (only decode at 16 concurrent: for perf)
+//!   cargo bench -p kandle-server --bench engine -- matmul   (the quantized matmul alone; `matmul 16`: 16 rows only)
 //!
 //! Drives the engine core directly (the same step loop the engine thread runs).
 
@@ -82,6 +83,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo test --benches asks for a listing
     }
+    if std::env::args().any(|a| a == "matmul") {
+        return matmul();
+    }
     // A number argument runs only decode at that concurrency (for profiling).
     let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
     let bw = if only.is_some() { 0.0 } else { memory_bandwidth() };
@@ -112,5 +116,39 @@ fn main() {
         let (_, secs, toks) = run(&mut core, &short, n, 128);
         println!("decode: {n:>2} concurrent x 128 tokens: {:.1} tok/s aggregate ({:.1} ms/step)", toks as f64 / secs,
             secs * 1e3 / (toks as f64 / n as f64));
+    }
+}
+
+/// The quantized matmul alone on layer 0's FFN weights and the output embedding: time per call and the rate in
+/// multiply-adds, at the batch sizes decode runs.
+fn matmul() {
+    use candle_core::quantized::gguf_file;
+    use kandle_server::model::quant_matmul::QuantMatrix;
+    let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let path = model_path();
+    let mut file = std::fs::File::open(&path).expect("bench model");
+    let content = gguf_file::Content::read(&mut file).expect("gguf");
+    for name in ["blk.0.ffn_gate.weight", "blk.0.ffn_down.weight", "token_embd.weight"] {
+        let q = content.tensor(&mut file, name, &candle_core::Device::Cpu).expect(name);
+        let Some(mat) = QuantMatrix::from_qtensor(&q).expect("matrix") else {
+            println!("{name}: {:?}, not ours", q.dtype());
+            continue;
+        };
+        let (n, k) = q.shape().dims2().unwrap();
+        for rows in [1, 4, 16, 32] {
+            if only.is_some_and(|o| o != rows) {
+                continue;
+            }
+            let x = candle_core::Tensor::randn(0f32, 1.0, (rows, k), &candle_core::Device::Cpu).unwrap();
+            let reps = (20_000_000_000 / (n * k * rows)).max(3);
+            mat.forward(&x).unwrap();
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(mat.forward(&x).unwrap());
+            }
+            let secs = t.elapsed().as_secs_f64() / reps as f64;
+            println!("{name} {:?} [{n} x {k}], {rows:>2} rows: {:8.1} us, {:5.1} GMAC/s", q.dtype(), secs * 1e6,
+                (n * k * rows) as f64 / secs / 1e9);
+        }
     }
 }

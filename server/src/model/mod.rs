@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod cuda_attention;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
+mod huge_pages;
 pub mod quant_matmul;
 pub mod transformer;
 pub mod weights;

@@ -150,10 +150,10 @@ impl CausalLm {
                     };
                     match fused {
                         Some(qkv) => Qkv::Fused(qkv),
-                        None => Qkv::Split { q, k, v },
+                        None => Qkv::Split { q: q.settled(), k: k.settled(), v: v.settled() },
                     }
                 },
-                o: src.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, false)?,
+                o: src.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, false)?.settled(),
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
                 mlp_norm: Norm::load(src, &format!("{p}.post_attention_layernorm.weight"), h, eps)?,
@@ -164,10 +164,10 @@ impl CausalLm {
                         .map_err(|e| ModelError::Load(format!("fusing {p} gate/up: {e}")))?;
                     match fused {
                         Some(gate_up) => Mlp::Fused { gate_up, inter: cfg.intermediate_size },
-                        None => Mlp::Split { gate, up },
+                        None => Mlp::Split { gate: gate.settled(), up: up.settled() },
                     }
                 },
-                down: src.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?,
+                down: src.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?.settled(),
             });
         }
         let head_name = if !cfg.tie_word_embeddings && src.contains("lm_head.weight") {
@@ -175,7 +175,7 @@ impl CausalLm {
         } else {
             "model.embed_tokens.weight"
         };
-        let lm_head = src.linear(head_name.trim_end_matches(".weight"), cfg.vocab_size, h, false)?;
+        let lm_head = src.linear(head_name.trim_end_matches(".weight"), cfg.vocab_size, h, false)?.settled();
         let freq_factors = if src.contains("rope_freqs.weight") {
             Some(src.dense("rope_freqs.weight", &[hd / 2])?.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| ModelError::Load(format!("rope_freqs: {e}")))?)

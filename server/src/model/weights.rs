@@ -38,6 +38,15 @@ impl Linear {
 }
 
 impl Linear {
+    /// The layer as the model keeps it: our quantized matrices move into huge pages (see
+    /// `huge_pages`). Called once a layer is final (after fusing), not on fused parts.
+    pub fn settled(self) -> Self {
+        match self.weight {
+            Weight::Quant(q) => Linear { weight: Weight::Quant(q.into_huge_pages()), bias: self.bias },
+            weight => Linear { weight, bias: self.bias },
+        }
+    }
+
     /// One layer computing all of `parts` (outputs concatenated along the last dim): one
     /// matmul instead of several. Our quantized CPU matrices always fuse (each output column
     /// is computed on its own, so results are bit-identical to the separate layers); dense
@@ -67,7 +76,7 @@ impl Linear {
             _ => return Ok(None),
         };
         let bias = biases.map(|b| Tensor::cat(&b, 0)).transpose()?;
-        Ok(Some(Linear { weight, bias }))
+        Ok(Some(Linear { weight, bias }.settled()))
     }
 }
 

@@ -13,6 +13,7 @@
 //! ([`reduce_lanes`]). So a row's logits do not depend on how many rows share the step or
 //! which kernel ran it, and greedy decoding stays exact under batching.
 
+use super::huge_pages::Storage;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
 use half::f16;
@@ -55,13 +56,13 @@ pub struct QuantMatrix {
     kb: usize,
     kbp: usize,
     /// Per column, `kbp` scales and mins (zero in the padding).
-    d: Vec<f32>,
-    m: Vec<f32>,
+    d: Storage<f32>,
+    m: Storage<f32>,
     /// Per column and block, `128 * sum(weight values)` (the tile kernel's correction).
-    wsum128: Vec<i32>,
+    wsum128: Storage<i32>,
     /// Per column, `kb` blocks of `kind.quant_bytes()`: Q4_1 byte i holds value i in its low
     /// nibble and value i + 16 in its high one (ggml's layout); Q8_0 is 32 i8.
-    quants: Vec<u8>,
+    quants: Storage<u8>,
 }
 
 /// One column's weights.
@@ -83,6 +84,20 @@ struct Acts {
     s: Vec<f32>,
 }
 
+/// One row into 8-bit blocks: per 32 values `d = max|x| / 127`, `q = round_ties_even(x / d)`
+/// (through `1 / d`), `s = d * sum(q)`. The AVX2 version computes the same bits.
+fn quantize_row_scalar(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    for (b, (x, q)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        d[b] = max / 127.0;
+        let inv = if d[b] > 0.0 { 1.0 / d[b] } else { 0.0 };
+        for (qi, &v) in q.iter_mut().zip(x) {
+            *qi = (v * inv).round_ties_even() as i8;
+        }
+        s[b] = d[b] * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
+    }
+}
+
 /// One row of [`Acts`].
 #[derive(Clone, Copy)]
 struct Row<'a> {
@@ -96,25 +111,17 @@ impl Acts {
         let (kb, rows) = (k / QK, xs.len() / k);
         let kbp = kb.div_ceil(LANES) * LANES;
         let mut a = Self { kb, kbp, q: vec![0; xs.len()], d: vec![0.0; rows * kbp], s: vec![0.0; rows * kbp] };
+        let isa = Isa::detect();
         for (r, x) in xs.chunks_exact(k).enumerate() {
-            for (b, (x, q)) in x.chunks_exact(QK).zip(a.q[r * k..(r + 1) * k].chunks_exact_mut(QK)).enumerate() {
-                // Lane-wise max then a short reduction, and ties-to-even rounding: both map
-                // to vector instructions (a serial fold and `round` would not).
-                let mut lanes = [0f32; 8];
-                for c in x.chunks_exact(8) {
-                    for (m, v) in lanes.iter_mut().zip(c) {
-                        *m = m.max(v.abs());
-                    }
-                }
-                let d = lanes.iter().fold(0f32, |a, &v| a.max(v)) / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for (qi, &v) in q.iter_mut().zip(x) {
-                    *qi = (v * inv).round_ties_even() as i8;
-                }
-                let sum: i32 = q.iter().map(|&v| v as i32).sum();
-                a.d[r * kbp + b] = d;
-                a.s[r * kbp + b] = d * sum as f32;
+            let (q, d, s) = (&mut a.q[r * k..(r + 1) * k], &mut a.d[r * kbp..][..kb], &mut a.s[r * kbp..][..kb]);
+            #[cfg(target_arch = "x86_64")]
+            if isa.avx2 {
+                // SAFETY: AVX2 was detected.
+                unsafe { x86::quantize_row(x, q, d, s) };
+                continue;
             }
+            let _ = isa;
+            quantize_row_scalar(x, q, d, s);
         }
         a
     }
@@ -226,8 +233,9 @@ impl QuantMatrix {
             }
         }
         let qb = kind.quant_bytes();
-        let wsum128 = quants.chunks_exact(qb).map(|w| 128 * (0..QK).map(|i| weight_value(kind, w, i)).sum::<i32>()).collect();
-        Ok(Some(Self { kind, n, k, kb, kbp, d, m, wsum128, quants }))
+        let wsum128: Vec<i32> = quants.chunks_exact(qb).map(|w| 128 * (0..QK).map(|i| weight_value(kind, w, i)).sum::<i32>()).collect();
+        Ok(Some(Self { kind, n, k, kb, kbp, d: Storage::Heap(d), m: Storage::Heap(m), wsum128: Storage::Heap(wsum128),
+            quants: Storage::Heap(quants) }))
     }
 
     /// The matrices' columns one after the other (same kind and input size), or None.
@@ -242,14 +250,20 @@ impl QuantMatrix {
             k: first.k,
             kb: first.kb,
             kbp: first.kbp,
-            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
-            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
-            wsum128: parts.iter().flat_map(|p| p.wsum128.iter().copied()).collect(),
-            quants: parts.iter().flat_map(|p| p.quants.iter().copied()).collect(),
+            d: Storage::Heap(parts.iter().flat_map(|p| p.d.iter().copied()).collect()),
+            m: Storage::Heap(parts.iter().flat_map(|p| p.m.iter().copied()).collect()),
+            wsum128: Storage::Heap(parts.iter().flat_map(|p| p.wsum128.iter().copied()).collect()),
+            quants: Storage::Heap(parts.iter().flat_map(|p| p.quants.iter().copied()).collect()),
         })
     }
 
-    #[inline]
+    /// Moves the values into huge pages (see [`super::huge_pages`]): for a final matrix.
+    pub fn into_huge_pages(self) -> Self {
+        Self { d: self.d.into_huge_pages(), m: self.m.into_huge_pages(), wsum128: self.wsum128.into_huge_pages(),
+            quants: self.quants.into_huge_pages(), ..self }
+    }
+
+    #[inline(always)]
     fn column(&self, j: usize) -> Column<'_> {
         let qb = self.kb * self.kind.quant_bytes();
         Column {
@@ -257,6 +271,24 @@ impl QuantMatrix {
             d: &self.d[j * self.kbp..(j + 1) * self.kbp],
             m: &self.m[j * self.kbp..(j + 1) * self.kbp],
             wsum128: &self.wsum128[j * self.kb..(j + 1) * self.kb],
+        }
+    }
+
+    /// Hints the CPU to load columns `a..b` into cache.
+    #[inline]
+    fn prefetch_columns(&self, a: usize, b: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if a < b {
+            let qb = self.kb * self.kind.quant_bytes();
+            let lines = |bytes: &[u8]| {
+                for line in bytes.chunks(64) {
+                    // SAFETY: a hint on an address inside the slice; SSE is x86_64 baseline.
+                    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
+                }
+            };
+            lines(&self.quants[a * qb..b * qb]);
+            lines(bytemuck_f32(&self.d[a * self.kbp..b * self.kbp]));
+            lines(bytemuck_f32(&self.m[a * self.kbp..b * self.kbp]));
         }
     }
 
@@ -290,31 +322,30 @@ impl QuantMatrix {
                 single_from += len;
             }
         }
-        // Each task computes a block of columns for every row (`[rows][its columns]`), then
-        // the blocks are copied into the row-major result.
+        // Each task computes a range of columns for every row, straight into the result.
         let cols_per_task = ((self.n / (rayon::current_num_threads() * 8)).max(4) + 1) & !1;
-        let mut blocks = vec![0f32; self.n * rows];
-        blocks.par_chunks_mut(cols_per_task * rows).enumerate().for_each(|(task, out)| {
+        let mut result = vec![0f32; rows * self.n];
+        let shared = Output::new(&mut result, rows);
+        (0..self.n.div_ceil(cols_per_task)).into_par_iter().for_each(|task| {
             let j0 = task * cols_per_task;
-            let ncols = out.len() / rows;
+            let ncols = cols_per_task.min(self.n - j0);
+            // SAFETY: each task takes its own columns.
+            let mut out = unsafe { shared.columns(j0, ncols) };
             if !tiles.is_empty() {
-                self.tile_columns(j0, ncols, &tiles, isa, out);
+                self.tile_columns(j0, ncols, &tiles, isa, &mut out);
             }
             for jj in 0..ncols {
+                if single_from < rows {
+                    // As for tiles, a memory latency ahead (a column's dot is quick).
+                    self.prefetch_columns(j0 + (jj + 8).min(ncols), j0 + (jj + 9).min(ncols));
+                }
                 let col = self.column(j0 + jj);
                 for r in single_from..rows {
-                    out[r * ncols + jj] = self.dot(col, acts.row(r), isa);
+                    out.set(r, jj, self.dot(col, acts.row(r), isa));
                 }
             }
         });
-        let mut out = vec![0f32; rows * self.n];
-        for (task, block) in blocks.chunks(cols_per_task * rows).enumerate() {
-            let (j0, ncols) = (task * cols_per_task, block.len() / rows);
-            for (r, src) in block.chunks_exact(ncols).enumerate() {
-                out[r * self.n + j0..][..ncols].copy_from_slice(src);
-            }
-        }
-        out
+        result
     }
 
     /// One row against one column.
@@ -328,9 +359,9 @@ impl QuantMatrix {
         dot_scalar(self.kind, self.kb, col, row)
     }
 
-    /// Columns `j0..j0 + ncols` against every tile, into `out` (`[rows][ncols]`).
+    /// Columns `j0..j0 + ncols` against every tile, into `out` (those columns).
     #[allow(unused_variables)]
-    fn tile_columns(&self, j0: usize, ncols: usize, tiles: &[(usize, Tile)], isa: Isa, out: &mut [f32]) {
+    fn tile_columns(&self, j0: usize, ncols: usize, tiles: &[(usize, Tile)], isa: Isa, out: &mut ColumnsOut<'_>) {
         // SAFETY: tiles are only built when AVX2 was detected, and hold `q + 128` for the
         // VNNI kernel only where AVX-512 VNNI was detected.
         #[cfg(target_arch = "x86_64")]
@@ -345,14 +376,17 @@ impl QuantMatrix {
 
     /// [`Self::tile_columns`] `C` columns at a time (as many as the kernel keeps in
     /// registers), each group's weights unpacked once for all tiles. A last short group
-    /// repeats its last column and drops the copies.
+    /// repeats its last column; the kernel stores only the real ones.
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::type_complexity)]
-    unsafe fn tile_columns_with<const C: usize>(&self, j0: usize, ncols: usize, tiles: &[(usize, Tile)], out: &mut [f32],
-        kernel: unsafe fn(Kind, usize, [&[u8]; C], [Column<'_>; C], &Tile) -> [[f32; TILE_ROWS]; C]) {
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    unsafe fn tile_columns_with<const C: usize>(&self, j0: usize, ncols: usize, tiles: &[(usize, Tile)], out: &mut ColumnsOut<'_>,
+        kernel: unsafe fn(Kind, usize, [&[u8]; C], [Column<'_>; C], &Tile, TileOut<'_, '_>)) {
         let kq = self.kb * QK;
         let mut unpacked = vec![0u8; C * kq];
         for jj in (0..ncols).step_by(C) {
+            // Weights stream from memory once per step: ask for the group after next while
+            // this one computes (about one kernel call covers a memory latency).
+            self.prefetch_columns(j0 + (jj + 2 * C).min(ncols), j0 + (jj + 3 * C).min(ncols));
             let cols: [Column<'_>; C] = std::array::from_fn(|i| self.column(j0 + (jj + i).min(ncols - 1)));
             let w: [&[u8]; C] = match self.kind {
                 Kind::Q8_0 => cols.map(|c| c.quants),
@@ -366,16 +400,84 @@ impl QuantMatrix {
                 }
             };
             for (start, tile) in tiles {
+                let dst = TileOut { out: &mut *out, row0: *start, rows: tile.rows, col0: jj, cols: (ncols - jj).min(C) };
                 // SAFETY: see the caller.
-                let vals = unsafe { kernel(self.kind, self.kb, w, cols, tile) };
-                for (i, vals) in vals.iter().enumerate().take(ncols - jj) {
-                    for (r, &v) in vals[..tile.rows].iter().enumerate() {
-                        out[(start + r) * ncols + jj + i] = v;
-                    }
-                }
+                unsafe { kernel(self.kind, self.kb, w, cols, tile, dst) };
             }
         }
     }
+}
+
+/// The row-major `[rows, n]` result, written by all column tasks at once: each owns its own
+/// columns (interleaved in memory with the others', hence a pointer, not slices).
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    n: usize,
+    _result: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: tasks write disjoint columns (see `columns`).
+unsafe impl Send for Output<'_> {}
+unsafe impl Sync for Output<'_> {}
+
+impl<'a> Output<'a> {
+    fn new(result: &'a mut [f32], rows: usize) -> Self {
+        Self { ptr: result.as_mut_ptr(), rows, n: result.len() / rows.max(1), _result: std::marker::PhantomData }
+    }
+
+    /// Columns `j0..j0 + cols`, bounds-checked.
+    /// SAFETY: no two live `ColumnsOut` of one `Output` may share a column.
+    unsafe fn columns(self, j0: usize, cols: usize) -> ColumnsOut<'a> {
+        assert!(j0 + cols <= self.n, "columns out of range");
+        ColumnsOut { out: self, j0, cols }
+    }
+}
+
+/// One task's columns of the [`Output`].
+struct ColumnsOut<'a> {
+    out: Output<'a>,
+    j0: usize,
+    cols: usize,
+}
+
+impl ColumnsOut<'_> {
+    #[inline]
+    fn set(&mut self, r: usize, c: usize, v: f32) {
+        assert!(r < self.out.rows && c < self.cols, "output index out of range");
+        // SAFETY: in bounds (checked above) and this task's own column.
+        unsafe { *self.out.ptr.add(r * self.out.n + self.j0 + c) = v };
+    }
+}
+
+/// Where a tile kernel stores its results: tile rows `0..rows` are result rows `row0..`, and
+/// kernel column `c < cols` is task column `col0 + c` (the kernel's other columns are
+/// repeats, dropped).
+struct TileOut<'o, 'a> {
+    out: &'o mut ColumnsOut<'a>,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    cols: usize,
+}
+
+impl TileOut<'_, '_> {
+    /// Tile rows `r0..r0 + vals.len()` of kernel column `c` (those that exist).
+    #[inline]
+    fn store(&mut self, c: usize, r0: usize, vals: &[f32]) {
+        if c < self.cols {
+            for (r, &v) in vals.iter().enumerate().take(self.rows.saturating_sub(r0)) {
+                self.out.set(self.row0 + r0 + r, self.col0 + c, v);
+            }
+        }
+    }
+}
+
+/// The bytes of `v` (for prefetching).
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 memory is valid as bytes; same lifetime and extent.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 /// Integer value `i` of one weight block: a Q4_1 nibble (0..15) or a Q8_0 i8.
@@ -450,6 +552,28 @@ mod tests {
         }
         // And close to the f32 product overall (8-bit activations cost well under 5%).
         assert!((err2 / norm2).sqrt() < 0.05, "{dtype:?}: relative error {}", (err2 / norm2).sqrt());
+    }
+
+    /// The AVX2 activation quantizer computes the scalar one's bits, ties and zero blocks
+    /// included.
+    #[test]
+    fn quantizers_agree() {
+        let mut x = vals(4 * 576, 5.0);
+        x[..QK].fill(0.0);
+        // Ties: with max 127 the scale is 1, so these round to even.
+        x[QK..2 * QK].iter_mut().enumerate().for_each(|(i, v)| *v = if i == 0 { 127.0 } else { i as f32 - 15.5 });
+        let run = |f: &dyn Fn(&[f32], &mut [i8], &mut [f32], &mut [f32])| {
+            let (mut q, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; x.len() / QK], vec![0f32; x.len() / QK]);
+            f(&x, &mut q, &mut d, &mut s);
+            (q, d, s)
+        };
+        let want = run(&quantize_row_scalar);
+        assert_eq!(want.0[QK + 1..QK + 4], [-14, -14, -12]);
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect().avx2 {
+            // SAFETY: AVX2 was detected.
+            assert_eq!(run(&|x, q, d, s| unsafe { x86::quantize_row(x, q, d, s) }), want);
+        }
     }
 
     /// Every kernel and every batch size gives each row bit-identical results (k = 576: a

@@ -1,6 +1,6 @@
 //! The x86 kernels. Both follow the canonical arithmetic of the parent module exactly.
 
-use super::{Column, Kind, Row, Tile, LANES, QK, TILE_ROWS};
+use super::{Column, TileOut, Kind, Row, Tile, LANES, QK, TILE_ROWS};
 use std::arch::x86_64::*;
 
 /// Eight i32 lanes whose sum is one block's integer dot product.
@@ -86,6 +86,34 @@ pub(super) unsafe fn row_dot(kind: Kind, kb: usize, col: Column<'_>, row: Row<'_
     }
 }
 
+/// [`super::quantize_row_scalar`] on 32 values at a time: the same maximum (exact in any
+/// order), the same product, rounding to nearest even (`cvtps2dq` under the default
+/// rounding mode) and saturating packs (values are within -127..127 anyway).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    for (b, (x, q)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+        // SAFETY: 32 floats in, 32 bytes out.
+        unsafe {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+            let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+                _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)));
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            d[b] = lanes.iter().fold(0f32, |a, &v| a.max(v)) / 127.0;
+            let inv = _mm256_set1_ps(if d[b] > 0.0 { 1.0 / d[b] } else { 0.0 });
+            let qi: [__m256i; 4] = std::array::from_fn(|i| _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv)));
+            let sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
+            s[b] = d[b] * sum as f32;
+            // Packing works within 128-bit halves: dwords come out as (0a 1a 2a 3a 0b 1b 2b 3b)
+            // for registers 0..3 and their halves a, b.
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+            let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, ordered);
+        }
+    }
+}
+
 /// Unpacks Q4_1 columns to one byte per value (Q8_0 is already stored that way), so the tile
 /// kernel broadcasts weights straight from memory.
 #[target_feature(enable = "avx2,fma")]
@@ -107,7 +135,7 @@ pub(super) fn unpack_q4_1(quants: &[u8], out: &mut [u8]) {
 /// group broadcast from memory, so lane r is row r throughout and needs no horizontal sum;
 /// `128 * sum(w)` per block is subtracted to leave the exact integer dot product.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile) -> [[f32; TILE_ROWS]; C] {
+pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile, mut out: TileOut<'_, '_>) {
     let mut acc = [[_mm512_setzero_ps(); LANES]; C];
     // One block into accumulator lane `l` (a constant after unrolling, so a register).
     let block = |acc: &mut [[__m512; LANES]; C], b: usize, l: usize| {
@@ -155,16 +183,16 @@ pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; 
         ($($l:literal)*) => { $(if whole + $l < kb { block(&mut acc, whole + $l, $l); })* };
     }
     tail!(0 1 2 3 4 5 6);
-    acc.map(|a| {
+    for (c, a) in acc.iter().enumerate() {
         let s = _mm512_add_ps(
             _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
             _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
         );
-        let mut out = [0f32; TILE_ROWS];
+        let mut vals = [0f32; TILE_ROWS];
         // SAFETY: 16 floats.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s) };
-        out
-    })
+        unsafe { _mm512_storeu_ps(vals.as_mut_ptr(), s) };
+        out.store(c, 0, &vals);
+    }
 }
 
 /// The AVX2 tile kernel: as [`tile_dot`], with the 16 rows in two registers of 8 (lane = row)
@@ -174,13 +202,13 @@ pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; 
 /// activations (as in [`row_dot`]) and widens every group.
 /// A tile of at most 8 rows runs only its first register.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_dot_avx2<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile) -> [[f32; TILE_ROWS]; C] {
+pub(super) unsafe fn tile_dot_avx2<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile, out: TileOut<'_, '_>) {
     // SAFETY: as the caller's.
     unsafe {
         if tile.rows <= 8 {
-            tile_dot_avx2_regs::<C, 1>(kind, kb, w, cols, tile)
+            tile_dot_avx2_regs::<C, 1>(kind, kb, w, cols, tile, out)
         } else {
-            tile_dot_avx2_regs::<C, { TILE_ROWS / 8 }>(kind, kb, w, cols, tile)
+            tile_dot_avx2_regs::<C, { TILE_ROWS / 8 }>(kind, kb, w, cols, tile, out)
         }
     }
 }
@@ -188,7 +216,7 @@ pub(super) unsafe fn tile_dot_avx2<const C: usize>(kind: Kind, kb: usize, w: [&[
 /// [`tile_dot_avx2`] on the tile's first `T` registers of 8 rows.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_dot_avx2_regs<const C: usize, const T: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile) -> [[f32; TILE_ROWS]; C] {
+unsafe fn tile_dot_avx2_regs<const C: usize, const T: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile, mut out: TileOut<'_, '_>) {
     let mut acc = [[[_mm256_setzero_ps(); LANES]; T]; C];
     let ones = _mm256_set1_epi16(1);
     // SAFETY (whole loop): blocks b < kb exist in the weights and the tile; scales are padded.
@@ -248,16 +276,16 @@ unsafe fn tile_dot_avx2_regs<const C: usize, const T: usize>(kind: Kind, kb: usi
             }
         }
     }
-    acc.map(|tiles| {
-        let mut out = [0f32; TILE_ROWS];
-        for (t, a) in tiles.iter().enumerate() {
+    for (c, regs) in acc.iter().enumerate() {
+        for (t, a) in regs.iter().enumerate() {
             let s = _mm256_add_ps(
                 _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
                 _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
             );
+            let mut vals = [0f32; 8];
             // SAFETY: 8 floats.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(t * 8), s) };
+            unsafe { _mm256_storeu_ps(vals.as_mut_ptr(), s) };
+            out.store(c, t * 8, &vals);
         }
-        out
-    })
+    }
 }
