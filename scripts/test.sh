@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh
 cargo build --workspace
 # The e2e suite would run `cargo build --workspace --bins` itself; from inside `cargo test`
-# that rebuilds ring and what sits on it (the build scripts see cargo's test environment),
-# and the binaries were just built above.
+# that was seen to rebuild ring, rustls and kube-client (cause not pinned down), and the
+# binaries were just built above.
 KANDLE_E2E_SKIP_BUILD=1 cargo test --workspace
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

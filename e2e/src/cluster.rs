@@ -65,8 +65,9 @@ impl Cluster {
         let bin_dir = target.join("debug");
         if std::env::var_os("KANDLE_E2E_SKIP_BUILD").is_none() {
             // The binaries under test. `--workspace` keeps the features the same as
-            // `cargo build --workspace`. Run from inside `cargo test` this still rebuilds ring and
-            // its dependents, so scripts/test.sh, which has just built them, skips it.
+            // `cargo build --workspace`. Run from inside `cargo test` it was seen to rebuild
+            // ring and its dependents (cause not pinned down), so scripts/test.sh, which has
+            // just built the binaries, skips it.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo).args(["build", "--workspace", "--bins"])
                 .current_dir(&repo).status().context("cargo build")?;

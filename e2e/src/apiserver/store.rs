@@ -188,8 +188,7 @@ impl Store {
         // Kubernetes' garbage collector also deletes an object created with owners that are
         // all gone already (e.g. a child a controller applied just after its parent was
         // deleted); the create itself succeeds.
-        let owners = owner_uids(&created);
-        if !owners.is_empty() && !self.objects.values().any(|o| o["metadata"]["uid"].as_str().is_some_and(|u| owners.iter().any(|w| w == u))) {
+        if orphaned(&created, &self.live_uids()) {
             let _ = self.delete(t, ns, &name, None, false);
         }
         Ok(created)
@@ -375,11 +374,9 @@ impl Store {
         if uid.is_empty() {
             return;
         }
-        let live: std::collections::HashSet<String> =
-            self.objects.values().filter_map(|o| o["metadata"]["uid"].as_str().map(String::from)).collect();
+        let live = self.live_uids();
         let dependents: Vec<Key> = self.objects.iter()
-            .filter(|(_, o)| owner_uids(o).iter().any(|u| u == uid))
-            .filter(|(_, o)| owner_uids(o).iter().all(|u| !live.contains(u)))
+            .filter(|(_, o)| owner_uids(o).iter().any(|u| u == uid) && orphaned(o, &live))
             .map(|(k, _)| k.clone())
             .collect();
         for k in dependents {
@@ -387,6 +384,10 @@ impl Store {
                 let _ = self.delete(&kt, &k.ns, &k.name, None, false);
             }
         }
+    }
+
+    fn live_uids(&self) -> std::collections::HashSet<String> {
+        self.objects.values().filter_map(|o| o["metadata"]["uid"].as_str().map(String::from)).collect()
     }
 
     fn orphan_dependents(&mut self, owner: &Value) {
@@ -405,6 +406,12 @@ impl Store {
             }
         }
     }
+}
+
+/// Whether `o` has owners and none of them is live: the garbage collector's target.
+fn orphaned(o: &Value, live: &std::collections::HashSet<String>) -> bool {
+    let owners = owner_uids(o);
+    !owners.is_empty() && owners.iter().all(|u| !live.contains(u))
 }
 
 fn owner_uids(o: &Value) -> Vec<String> {
