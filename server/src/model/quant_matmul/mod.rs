@@ -55,9 +55,10 @@ pub struct QuantMatrix {
     /// Blocks per column, and that rounded up to whole lane groups.
     kb: usize,
     kbp: usize,
-    /// Per column, `kbp` scales and mins (zero in the padding).
-    d: Storage<f32>,
-    m: Storage<f32>,
+    /// Per column, `kbp` scales and mins (zero in the padding), as stored in the file: f16
+    /// (exact in f32; half the bytes to stream per step).
+    d: Storage<f16>,
+    m: Storage<f16>,
     /// Per column and block, `128 * sum(weight values)` (the tile kernel's correction).
     wsum128: Storage<i32>,
     /// Per column, `kb` blocks of `kind.quant_bytes()`: Q4_1 byte i holds value i in its low
@@ -69,8 +70,8 @@ pub struct QuantMatrix {
 #[derive(Clone, Copy)]
 struct Column<'a> {
     quants: &'a [u8],
-    d: &'a [f32],
-    m: &'a [f32],
+    d: &'a [f16],
+    m: &'a [f16],
     wsum128: &'a [i32],
 }
 
@@ -179,6 +180,7 @@ fn reduce_lanes(a: [f32; LANES]) -> f32 {
 /// Which kernels this CPU runs.
 #[derive(Clone, Copy)]
 struct Isa {
+    /// AVX2 with FMA and F16C (the f16 scales; every AVX2 CPU has it).
     avx2: bool,
     avx512_vnni: bool,
 }
@@ -188,7 +190,7 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma");
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
             return Self { avx2, avx512_vnni: avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vnni") };
         }
         #[allow(unreachable_code)]
@@ -219,14 +221,14 @@ impl QuantMatrix {
         if data.len() != n * kb * block_bytes {
             candle_core::bail!("{kind:?} tensor has {} bytes, expected {}", data.len(), n * kb * block_bytes)
         }
-        let (mut d, mut m) = (vec![0f32; n * kbp], vec![0f32; n * kbp]);
+        let (mut d, mut m) = (vec![f16::ZERO; n * kbp], vec![f16::ZERO; n * kbp]);
         let mut quants = Vec::with_capacity(n * kb * kind.quant_bytes());
         for (i, b) in data.chunks_exact(block_bytes).enumerate() {
             let at = i / kb * kbp + i % kb;
-            d[at] = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            d[at] = f16::from_le_bytes([b[0], b[1]]);
             match kind {
                 Kind::Q4_1 => {
-                    m[at] = f16::from_le_bytes([b[2], b[3]]).to_f32();
+                    m[at] = f16::from_le_bytes([b[2], b[3]]);
                     quants.extend_from_slice(&b[header..]);
                 }
                 Kind::Q8_0 => quants.extend_from_slice(&b[header..]),
@@ -287,8 +289,10 @@ impl QuantMatrix {
                 }
             };
             lines(&self.quants[a * qb..b * qb]);
-            lines(bytemuck_f32(&self.d[a * self.kbp..b * self.kbp]));
-            lines(bytemuck_f32(&self.m[a * self.kbp..b * self.kbp]));
+            lines(as_bytes(&self.d[a * self.kbp..b * self.kbp]));
+            if self.kind == Kind::Q4_1 {
+                lines(as_bytes(&self.m[a * self.kbp..b * self.kbp]));
+            }
         }
     }
 
@@ -352,7 +356,7 @@ impl QuantMatrix {
     fn dot(&self, col: Column<'_>, row: Row<'_>, isa: Isa) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if isa.avx2 {
-            // SAFETY: AVX2 and FMA were detected; slices are whole blocks.
+            // SAFETY: AVX2, FMA and F16C were detected; slices are whole blocks.
             return unsafe { x86::row_dot(self.kind, self.kb, col, row) };
         }
         let _ = isa;
@@ -478,8 +482,8 @@ impl TileOut<'_, '_> {
 }
 
 /// The bytes of `v` (for prefetching).
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: any f32 memory is valid as bytes; same lifetime and extent.
+fn as_bytes(v: &[f16]) -> &[u8] {
+    // SAFETY: any f16 memory is valid as bytes; same lifetime and extent.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
@@ -503,8 +507,8 @@ fn dot_scalar(kind: Kind, kb: usize, col: Column<'_>, row: Row<'_>) -> f32 {
     for b in 0..kb {
         let isum = block_isum(kind, &col.quants[b * qb..(b + 1) * qb], &row.q[b * QK..(b + 1) * QK]);
         let l = b % LANES;
-        acc[l] = (col.d[b] * row.d[b]).mul_add(isum as f32, acc[l]);
-        acc[l] = col.m[b].mul_add(row.s[b], acc[l]);
+        acc[l] = (col.d[b].to_f32() * row.d[b]).mul_add(isum as f32, acc[l]);
+        acc[l] = col.m[b].to_f32().mul_add(row.s[b], acc[l]);
     }
     reduce_lanes(acc)
 }

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 /// Eight i32 lanes whose sum is one block's integer dot product.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn block_partial(kind: Kind, w: *const u8, a: *const i8) -> __m256i {
     // SAFETY (whole function): the caller points at one whole block of each.
     unsafe {
@@ -27,9 +27,24 @@ unsafe fn block_partial(kind: Kind, w: *const u8, a: *const i8) -> __m256i {
     }
 }
 
+/// Eight f16 scales as f32 (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x8(p: *const half::f16) -> __m256 {
+    // SAFETY: the caller points at 8 values.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+}
+
+/// One f16 scale as f32 in every lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16x8_splat(v: half::f16) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(v.to_bits() as i16))
+}
+
 /// Lane i = sum of v[i]'s lanes.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn transpose_sum(v: [__m256i; 8]) -> __m256i {
     let h01 = _mm256_hadd_epi32(v[0], v[1]);
     let h23 = _mm256_hadd_epi32(v[2], v[3]);
@@ -42,7 +57,7 @@ fn transpose_sum(v: [__m256i; 8]) -> __m256i {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -51,7 +66,7 @@ fn hsum_epi32(v: __m256i) -> i32 {
 
 /// `reduce_lanes` on a register: (l0+l4, l1+l5, l2+l6, l3+l7), then (.0+.2, .1+.3), then .0+.1.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_ps(acc: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -60,7 +75,7 @@ fn hsum_ps(acc: __m256) -> f32 {
 
 /// One row against one column, eight blocks (one lane each) per iteration.
 #[inline(never)] // its own symbol in profiles
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn row_dot(kind: Kind, kb: usize, col: Column<'_>, row: Row<'_>) -> f32 {
     let qb = kind.quant_bytes();
     let (w, a) = (col.quants.as_ptr(), row.q.as_ptr());
@@ -78,9 +93,12 @@ pub(super) unsafe fn row_dot(kind: Kind, kb: usize, col: Column<'_>, row: Row<'_
                 }
                 _mm256_loadu_si256(s.as_ptr() as *const __m256i)
             };
-            let scale = _mm256_mul_ps(_mm256_loadu_ps(col.d.as_ptr().add(b0)), _mm256_loadu_ps(row.d.as_ptr().add(b0)));
+            let scale = _mm256_mul_ps(f16x8(col.d.as_ptr().add(b0)), _mm256_loadu_ps(row.d.as_ptr().add(b0)));
             acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc);
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(col.m.as_ptr().add(b0)), _mm256_loadu_ps(row.s.as_ptr().add(b0)), acc);
+            // Q8_0 has no min: fma(0, s, acc) == acc (acc is never -0), so it is skipped.
+            if kind == Kind::Q4_1 {
+                acc = _mm256_fmadd_ps(f16x8(col.m.as_ptr().add(b0)), _mm256_loadu_ps(row.s.as_ptr().add(b0)), acc);
+            }
         }
         hsum_ps(acc)
     }
@@ -89,7 +107,7 @@ pub(super) unsafe fn row_dot(kind: Kind, kb: usize, col: Column<'_>, row: Row<'_
 /// [`super::quantize_row_scalar`] on 32 values at a time: the same maximum (exact in any
 /// order), the same product, rounding to nearest even (`cvtps2dq` under the default
 /// rounding mode) and saturating packs (values are within -127..127 anyway).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     for (b, (x, q)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
@@ -116,7 +134,7 @@ pub(super) fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]
 
 /// Unpacks Q4_1 columns to one byte per value (Q8_0 is already stored that way), so the tile
 /// kernel broadcasts weights straight from memory.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn unpack_q4_1(quants: &[u8], out: &mut [u8]) {
     for (src, dst) in quants.chunks_exact(QK / 2).zip(out.chunks_exact_mut(QK)) {
         // SAFETY: 16 bytes in, 32 bytes out.
@@ -134,7 +152,7 @@ pub(super) fn unpack_q4_1(quants: &[u8], out: &mut [u8]) {
 /// `vpdpbusd` of the 16 rows' unsigned activations (`a + 128`) with each 4-value weight
 /// group broadcast from memory, so lane r is row r throughout and needs no horizontal sum;
 /// `128 * sum(w)` per block is subtracted to leave the exact integer dot product.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile, mut out: TileOut<'_, '_>) {
     let mut acc = [[_mm512_setzero_ps(); LANES]; C];
     // One block into accumulator lane `l` (a constant after unrolling, so a register).
@@ -158,11 +176,12 @@ pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; 
             for c in 0..C {
                 let biased = _mm512_add_epi32(even[c], odd[c]);
                 let isum = _mm512_sub_epi32(biased, _mm512_set1_epi32(*cols[c].wsum128.get_unchecked(b)));
-                let scale = _mm512_mul_ps(_mm512_set1_ps(*cols[c].d.get_unchecked(b)), da);
+                let scale = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_set1_epi16(cols[c].d.get_unchecked(b).to_bits() as i16)), da);
                 acc[c][l] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[c][l]);
                 // Q8_0 has no min: fma(0, s, acc) == acc (acc is never -0), so it is skipped.
                 if kind == Kind::Q4_1 {
-                    acc[c][l] = _mm512_fmadd_ps(_mm512_set1_ps(*cols[c].m.get_unchecked(b)), sa, acc[c][l]);
+                    let m = _mm512_cvtph_ps(_mm256_set1_epi16(cols[c].m.get_unchecked(b).to_bits() as i16));
+                    acc[c][l] = _mm512_fmadd_ps(m, sa, acc[c][l]);
                 }
             }
         }
@@ -201,7 +220,7 @@ pub(super) unsafe fn tile_dot<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; 
 /// 8 * 2 * 15 * 127 = 30480) before widening; Q8_0 moves the weight's sign onto the
 /// activations (as in [`row_dot`]) and widens every group.
 /// A tile of at most 8 rows runs only its first register.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile_dot_avx2<const C: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile, out: TileOut<'_, '_>) {
     // SAFETY: as the caller's.
     unsafe {
@@ -215,7 +234,7 @@ pub(super) unsafe fn tile_dot_avx2<const C: usize>(kind: Kind, kb: usize, w: [&[
 
 /// [`tile_dot_avx2`] on the tile's first `T` registers of 8 rows.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_dot_avx2_regs<const C: usize, const T: usize>(kind: Kind, kb: usize, w: [&[u8]; C], cols: [Column<'_>; C], tile: &Tile, mut out: TileOut<'_, '_>) {
     let mut acc = [[[_mm256_setzero_ps(); LANES]; T]; C];
     let ones = _mm256_set1_epi16(1);
@@ -265,12 +284,12 @@ unsafe fn tile_dot_avx2_regs<const C: usize, const T: usize>(kind: Kind, kb: usi
                 let da = _mm256_loadu_ps(tile.d.as_ptr().add(b * TILE_ROWS + t * 8));
                 let sa = _mm256_loadu_ps(tile.s.as_ptr().add(b * TILE_ROWS + t * 8));
                 for c in 0..C {
-                    let scale = _mm256_mul_ps(_mm256_set1_ps(*cols[c].d.get_unchecked(b)), da);
+                    let scale = _mm256_mul_ps(f16x8_splat(*cols[c].d.get_unchecked(b)), da);
                     let a = &mut acc[c][t][l];
                     *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum[c][t]), *a);
                     // Q8_0 has no min: fma(0, s, acc) == acc (acc is never -0), so it is skipped.
                     if kind == Kind::Q4_1 {
-                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*cols[c].m.get_unchecked(b)), sa, *a);
+                        *a = _mm256_fmadd_ps(f16x8_splat(*cols[c].m.get_unchecked(b)), sa, *a);
                     }
                 }
             }
