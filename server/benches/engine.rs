@@ -5,8 +5,10 @@
 //!   KANDLE_BENCH_MODEL=path/to/model.gguf cargo bench -p kandle-server --bench engine
 //!   KANDLE_BENCH_DEQUANTIZE=1 ...   (f32 weights instead of quantized matmuls)
 //!
-//!   cargo bench -p kandle-server --bench engine -- 16   (only decode at 16 concurrent: for perf)
-//!   cargo bench -p kandle-server --bench engine -- matmul   (the quantized matmul alone; `matmul 16`: 16 rows only)
+//!   cargo bench -p kandle-server --bench engine -- 16          (only decode at 16 concurrent: for perf)
+//!   cargo bench -p kandle-server --bench engine -- profile 1 16   (where a decode step goes, per op)
+//!   cargo bench -p kandle-server --bench engine -- matmul [16]  (the quantized matmul alone, GMAC/s;
+//!                                                                 `16`: 16 rows only)
 //!
 //! Drives the engine core directly (the same step loop the engine thread runs).
 
@@ -48,6 +50,12 @@ fn core() -> EngineCore {
 /// Runs `n` sequences of `gen` tokens on `prompt`; returns (seconds until every sequence
 /// has its first token, seconds for the rest, tokens generated after the first).
 fn run(core: &mut EngineCore, prompt: &[u32], n: usize, gen: usize) -> (f64, f64, usize) {
+    let (first, rest, tokens, _) = run_steps(core, prompt, n, gen);
+    (first, rest, tokens)
+}
+
+/// [`run`], plus the number of steps taken.
+fn run_steps(core: &mut EngineCore, prompt: &[u32], n: usize, gen: usize) -> (f64, f64, usize, usize) {
     let mut rxs = vec![];
     for i in 0..n {
         let (tx, rx) = unbounded_channel();
@@ -59,7 +67,9 @@ fn run(core: &mut EngineCore, prompt: &[u32], n: usize, gen: usize) -> (f64, f64
     let mut first_done = None;
     let mut tokens = 0;
     let mut started = vec![false; n];
+    let mut steps = 0;
     while core.step() {
+        steps += 1;
         for (i, rx) in rxs.iter_mut().enumerate() {
             while let Ok(ev) = rx.try_recv() {
                 if let RequestEvent::Delta(d) = ev {
@@ -76,7 +86,44 @@ fn run(core: &mut EngineCore, prompt: &[u32], n: usize, gen: usize) -> (f64, f64
     }
     let total = t0.elapsed().as_secs_f64();
     let first = first_done.unwrap_or(total);
-    (first, total - first, tokens)
+    (first, total - first, tokens, steps)
+}
+
+/// Decode at each concurrency given (default 1 and 16), 128 tokens per sequence, with the
+/// forward pass's ops timed: milliseconds per step in each, side by side.
+fn profile() {
+    use kandle_server::model::profile::{enable, totals, Op};
+    let mut levels: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    if levels.is_empty() {
+        levels = vec![1, 16];
+    }
+    let mut core = core();
+    let prompt = core.tokenizer().encode("Write a long story about a lighthouse keeper and the sea.", true).unwrap();
+    run(&mut core, &prompt, 1, 8); // warm-up
+    let mut columns = vec![];
+    for &n in &levels {
+        enable(true);
+        let t = Instant::now();
+        let (_, _, _, steps) = run_steps(&mut core, &prompt, n, 128);
+        let per_step = |d: f64| d * 1e3 / steps as f64;
+        let ops: Vec<f64> = totals().iter().map(|(_, d)| per_step(d.as_secs_f64())).collect();
+        enable(false);
+        columns.push((per_step(t.elapsed().as_secs_f64()), ops));
+    }
+    print!("{:<28}", "ms per decode step");
+    levels.iter().for_each(|n| print!("{:>12}", format!("{n} seq")));
+    println!();
+    for (i, op) in Op::ALL.iter().enumerate() {
+        print!("{:<28}", op.name());
+        columns.iter().for_each(|(_, ops)| print!("{:>12.2}", ops[i]));
+        println!();
+    }
+    print!("{:<28}", "other (sampling, batching)");
+    columns.iter().for_each(|(step, ops)| print!("{:>12.2}", step - ops.iter().sum::<f64>()));
+    println!();
+    print!("{:<28}", "whole step");
+    columns.iter().for_each(|(step, _)| print!("{:>12.2}", step));
+    println!();
 }
 
 fn main() {
@@ -85,6 +132,9 @@ fn main() {
     }
     if std::env::args().any(|a| a == "matmul") {
         return matmul();
+    }
+    if std::env::args().any(|a| a == "profile") {
+        return profile();
     }
     // A number argument runs only decode at that concurrency (for profiling).
     let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());

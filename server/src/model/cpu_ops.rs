@@ -23,6 +23,12 @@ pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
 /// more than the work.
 const PARALLEL_FROM: usize = 1 << 14;
 
+/// Rows per parallel task for `rows` rows of `width` values: all of them (one task, run in
+/// place on the calling pool thread) below [`PARALLEL_FROM`], else one.
+fn min_rows_per_task(rows: usize, width: usize) -> usize {
+    if rows * width < PARALLEL_FROM { rows.max(1) } else { 1 }
+}
+
 /// `(x + delta, rms_norm(x + delta) * weight)` for `[rows, hidden]`.
 pub fn add_rms_norm(x: &Tensor, delta: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let (rows, hidden) = x.dims2()?;
@@ -42,14 +48,9 @@ pub fn add_rms_norm(x: &Tensor, delta: &Tensor, weight: &Tensor, eps: f32) -> Re
                 *n = *s / m * *w;
             }
         };
-        let out = sum.chunks_exact_mut(hidden).zip(normed.chunks_exact_mut(hidden));
-        let input = x.chunks_exact(hidden).zip(delta.chunks_exact(hidden));
-        if rows * hidden < PARALLEL_FROM {
-            out.zip(input).for_each(row);
-        } else {
-            sum.par_chunks_exact_mut(hidden).zip(normed.par_chunks_exact_mut(hidden))
-                .zip(x.par_chunks_exact(hidden).zip(delta.par_chunks_exact(hidden))).for_each(row);
-        }
+        sum.par_chunks_exact_mut(hidden).zip(normed.par_chunks_exact_mut(hidden))
+            .zip(x.par_chunks_exact(hidden).zip(delta.par_chunks_exact(hidden)))
+            .with_min_len(min_rows_per_task(rows, hidden)).for_each(row);
         Ok(())
     })))?;
     Ok((Tensor::from_vec(sum, (rows, hidden), &Device::Cpu)?, Tensor::from_vec(normed, (rows, hidden), &Device::Cpu)?))
@@ -69,11 +70,8 @@ pub fn silu_mul(y: &Tensor, inter: usize) -> Result<Tensor> {
                 *o = g / (1.0 + (-g).exp()) * u;
             }
         };
-        if rows * inter < PARALLEL_FROM {
-            out.chunks_exact_mut(inter).zip(y.chunks_exact(2 * inter)).for_each(row);
-        } else {
-            out.par_chunks_exact_mut(inter).zip(y.par_chunks_exact(2 * inter)).for_each(row);
-        }
+        out.par_chunks_exact_mut(inter).zip(y.par_chunks_exact(2 * inter))
+            .with_min_len(min_rows_per_task(rows, inter)).for_each(row);
         Ok(())
     })?;
     Tensor::from_vec(out, (rows, inter), &Device::Cpu)

@@ -10,6 +10,7 @@ pub mod cuda_attention;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
 mod huge_pages;
+pub mod profile;
 pub mod quant_matmul;
 pub mod transformer;
 pub mod weights;

@@ -3,6 +3,7 @@
 
 use super::attention::{AttentionMetadata, PagedAttention};
 use super::config::{ModelConfig, RopeScaling};
+use super::profile::{timed, Op};
 use super::weights::{Linear, WeightSource};
 use super::ModelError;
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -271,8 +272,8 @@ impl CausalLm {
         let mut x = self.embed.forward(&ids)?;
         let mut h = self.layers[0].attn_norm.forward(&x)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (q, k, v) = match &layer.qkv {
-                Qkv::Fused(qkv) => self.qkv_rope(&qkv.forward(&h)?, &cos, &sin)?,
+            let (q, k, v) = timed(Op::Qkv, || match &layer.qkv {
+                Qkv::Fused(qkv) => self.qkv_rope(&qkv.forward(&h)?, &cos, &sin),
                 Qkv::Split { q, k, v } => {
                     let mut q = q.forward(&h)?.reshape((n, nh, hd))?;
                     let mut k = k.forward(&h)?.reshape((n, nkv, hd))?;
@@ -281,23 +282,29 @@ impl CausalLm {
                         q = qn.forward(&q)?;
                         k = kn.forward(&k)?;
                     }
-                    (self.rope.apply(&q, &cos, &sin)?, self.rope.apply(&k, &cos, &sin)?, v)
+                    Ok((self.rope.apply(&q, &cos, &sin)?, self.rope.apply(&k, &cos, &sin)?, v))
+                }
+            })?;
+            let y = timed(Op::Attention, || attn.forward(i, &q, &k, &v.contiguous()?, &batch.attention))?.to_dtype(self.dtype)?;
+            let o = timed(Op::OProj, || layer.o.forward(&y))?;
+            (x, h) = timed(Op::AddNorm, || self.add_norm(&x, &o, &layer.mlp_norm))?;
+            let act = match &layer.mlp {
+                Mlp::Split { gate, up } => {
+                    let (g, u) = timed(Op::GateUp, || Ok::<_, candle_core::Error>((gate.forward(&h)?, up.forward(&h)?)))?;
+                    timed(Op::SiluMul, || candle_nn::ops::silu(&g)? * u)?
+                }
+                Mlp::Fused { gate_up, inter } => {
+                    let y = timed(Op::GateUp, || gate_up.forward(&h))?;
+                    timed(Op::SiluMul, || self.silu_mul(&y, *inter))?
                 }
             };
-            let y = attn.forward(i, &q, &k, &v.contiguous()?, &batch.attention)?.to_dtype(self.dtype)?;
-            (x, h) = self.add_norm(&x, &layer.o.forward(&y)?, &layer.mlp_norm)?;
-            let act = match &layer.mlp {
-                Mlp::Split { gate, up } => (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?,
-                Mlp::Fused { gate_up, inter } => self.silu_mul(&gate_up.forward(&h)?, *inter)?,
-            };
-            let down = layer.down.forward(&act)?;
+            let down = timed(Op::DownProj, || layer.down.forward(&act))?;
             match self.layers.get(i + 1) {
-                Some(next) => (x, h) = self.add_norm(&x, &down, &next.attn_norm)?,
+                Some(next) => (x, h) = timed(Op::AddNorm, || self.add_norm(&x, &down, &next.attn_norm))?,
                 None => x = (x + down)?,
             }
         }
         let rows = Tensor::new(batch.logits_rows.as_slice(), &self.device)?;
-        let x = self.norm.forward(&x.index_select(&rows, 0)?)?;
-        self.lm_head.forward(&x)?.to_dtype(DType::F32)
+        timed(Op::LmHead, || self.lm_head.forward(&self.norm.forward(&x.index_select(&rows, 0)?)?)?.to_dtype(DType::F32))
     }
 }

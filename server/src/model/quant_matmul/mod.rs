@@ -59,7 +59,8 @@ pub struct QuantMatrix {
     /// (exact in f32; half the bytes to stream per step).
     d: Storage<f16>,
     m: Storage<f16>,
-    /// Per column and block, `128 * sum(weight values)` (the tile kernel's correction).
+    /// Per column and block, `128 * sum(weight values)`: the VNNI tile kernel's correction,
+    /// so empty on CPUs without AVX-512 VNNI (it would add a fifth to a Q4_1 model).
     wsum128: Storage<i32>,
     /// Per column, `kb` blocks of `kind.quant_bytes()`: Q4_1 byte i holds value i in its low
     /// nibble and value i + 16 in its high one (ggml's layout); Q8_0 is 32 i8.
@@ -235,7 +236,11 @@ impl QuantMatrix {
             }
         }
         let qb = kind.quant_bytes();
-        let wsum128: Vec<i32> = quants.chunks_exact(qb).map(|w| 128 * (0..QK).map(|i| weight_value(kind, w, i)).sum::<i32>()).collect();
+        let wsum128: Vec<i32> = if Isa::detect().avx512_vnni {
+            quants.chunks_exact(qb).map(|w| 128 * (0..QK).map(|i| weight_value(kind, w, i)).sum::<i32>()).collect()
+        } else {
+            vec![]
+        };
         Ok(Some(Self { kind, n, k, kb, kbp, d: Storage::Heap(d), m: Storage::Heap(m), wsum128: Storage::Heap(wsum128),
             quants: Storage::Heap(quants) }))
     }
@@ -272,7 +277,7 @@ impl QuantMatrix {
             quants: &self.quants[j * qb..(j + 1) * qb],
             d: &self.d[j * self.kbp..(j + 1) * self.kbp],
             m: &self.m[j * self.kbp..(j + 1) * self.kbp],
-            wsum128: &self.wsum128[j * self.kb..(j + 1) * self.kb],
+            wsum128: self.wsum128.get(j * self.kb..(j + 1) * self.kb).unwrap_or(&[]),
         }
     }
 
@@ -314,6 +319,9 @@ impl QuantMatrix {
     /// Row-major `[rows, n]` result, columns split across the thread pool.
     fn matmul(&self, acts: &Acts, isa: Isa) -> Vec<f32> {
         let rows = acts.rows();
+        if rows == 0 {
+            return vec![];
+        }
         // Whole tiles of 16 rows (and a last partial one of at least MIN_TILE_ROWS) go to a
         // tile kernel; the rest run row by row.
         let mut tiles = vec![];
@@ -329,7 +337,7 @@ impl QuantMatrix {
         // Each task computes a range of columns for every row, straight into the result.
         let cols_per_task = ((self.n / (rayon::current_num_threads() * 8)).max(4) + 1) & !1;
         let mut result = vec![0f32; rows * self.n];
-        let shared = Output::new(&mut result, rows);
+        let shared = Output::new(&mut result, rows, self.n);
         (0..self.n.div_ceil(cols_per_task)).into_par_iter().for_each(|task| {
             let j0 = task * cols_per_task;
             let ncols = cols_per_task.min(self.n - j0);
@@ -374,6 +382,7 @@ impl QuantMatrix {
         #[cfg(target_arch = "x86_64")]
         unsafe {
             if isa.avx512_vnni {
+                assert_eq!(self.wsum128.len(), self.n * self.kb, "VNNI kernel without its weight sums");
                 self.tile_columns_with::<2>(j0, ncols, tiles, out, x86::tile_dot::<2>);
             } else {
                 self.tile_columns_with::<3>(j0, ncols, tiles, out, x86::tile_dot_avx2::<3>);
@@ -430,8 +439,9 @@ unsafe impl Send for Output<'_> {}
 unsafe impl Sync for Output<'_> {}
 
 impl<'a> Output<'a> {
-    fn new(result: &'a mut [f32], rows: usize) -> Self {
-        Self { ptr: result.as_mut_ptr(), rows, n: result.len() / rows.max(1), _result: std::marker::PhantomData }
+    fn new(result: &'a mut [f32], rows: usize, n: usize) -> Self {
+        assert_eq!(result.len(), rows * n, "result is not rows x n");
+        Self { ptr: result.as_mut_ptr(), rows, n, _result: std::marker::PhantomData }
     }
 
     /// Columns `j0..j0 + cols`, bounds-checked.
@@ -561,6 +571,14 @@ mod tests {
         assert!((err2 / norm2).sqrt() < 0.05, "{dtype:?}: relative error {}", (err2 / norm2).sqrt());
     }
 
+    /// A batch of no rows is an empty result, not a panic.
+    #[test]
+    fn empty_batch() {
+        let (_, mat) = matrix(GgmlDType::Q4_1, 96, 256);
+        let out = mat.forward(&Tensor::zeros((0, 256), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(out.dims(), &[0, 96]);
+    }
+
     /// The AVX2 activation quantizer computes the scalar one's bits, ties and zero blocks
     /// included.
     #[test]
@@ -597,6 +615,7 @@ mod tests {
             let native = Isa::detect();
             for isa in [Isa { avx2: false, avx512_vnni: false }, Isa { avx2: native.avx2, avx512_vnni: false }, native] {
                 assert_eq!(mat.matmul(&acts, isa), reference, "{dtype:?}, all {rows} rows");
+                assert!(mat.matmul(&Acts::quantize(&[], 576), isa).is_empty(), "{dtype:?}, no rows");
                 for take in [1, 3, 5, 16, 17, 21] {
                     let part = Acts::quantize(&xs[..take * 576], 576);
                     assert_eq!(mat.matmul(&part, isa), reference[..take * 37], "{dtype:?}, {take} rows");
