@@ -25,6 +25,9 @@ fn model_path() -> PathBuf {
     })
 }
 
+/// The prompt every decode measurement starts from (13 tokens).
+const DECODE_PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
+
 /// Read bandwidth: sum a 1 GiB buffer (best of 3), in GB/s.
 fn memory_bandwidth() -> f64 {
     let buf: Vec<u64> = (0..(1usize << 27)).map(|i| i as u64).collect();
@@ -98,7 +101,7 @@ fn profile() {
         levels = vec![1, 16];
     }
     let mut core = core();
-    let prompt = core.tokenizer().encode("Write a long story about a lighthouse keeper and the sea.", true).unwrap();
+    let prompt = core.tokenizer().encode(DECODE_PROMPT, true).unwrap();
     run(&mut core, &prompt, 1, 8); // warm-up
     let mut columns = vec![];
     for &n in &levels {
@@ -142,7 +145,7 @@ fn main() {
     let model_bytes = std::fs::metadata(model_path()).map(|m| m.len()).unwrap_or(0) as f64;
     let mut core = core();
     let tok = core.tokenizer().clone();
-    let short = tok.encode("Write a long story about a lighthouse keeper and the sea.", true).unwrap();
+    let short = tok.encode(DECODE_PROMPT, true).unwrap();
     let long_text = "The history of the lighthouse begins in antiquity. ".repeat(60);
     let long: Vec<u32> = tok.encode(&long_text, true).unwrap()[..512].to_vec();
     run(&mut core, &short, 1, 8); // warm-up
