@@ -5,6 +5,7 @@
 //! and the exactness tests against candle-transformers' references keep holding.
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
+use super::vector_exp::exp_in_place;
 use rayon::prelude::*;
 
 /// Borrows a contiguous f32 CPU tensor as a slice for the duration of `f`.
@@ -66,8 +67,13 @@ pub fn silu_mul(y: &Tensor, inter: usize) -> Result<Tensor> {
         }
         let row = |(o, y): (&mut [f32], &[f32])| {
             let (gate, up) = y.split_at(inter);
+            // candle's silu, g / (1 + e^-g), with the same exp bits (vector_exp), times up.
+            for (o, g) in o.iter_mut().zip(gate) {
+                *o = -g;
+            }
+            exp_in_place(o);
             for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp()) * u;
+                *o = g / (1.0 + *o) * u;
             }
         };
         out.par_chunks_exact_mut(inter).zip(y.par_chunks_exact(2 * inter))

@@ -13,6 +13,7 @@ mod huge_pages;
 pub mod profile;
 pub mod quant_matmul;
 pub mod transformer;
+mod vector_exp;
 pub mod weights;
 
 use crate::tokenizer::TokenizerInfo;
