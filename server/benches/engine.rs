@@ -170,6 +170,15 @@ fn main() {
         println!("decode: {n:>2} concurrent x 128 tokens: {:.1} tok/s aggregate ({:.1} ms/step)", toks as f64 / secs,
             secs * 1e3 / (toks as f64 / n as f64));
     }
+    // The ratio with 1 and 16 run back to back, three times: a shared VM's speed drifts
+    // by the minute, which moves the ratio of two runs far apart more than any change does.
+    let mut ratios: Vec<f64> = (0..3).map(|_| {
+        let (_, s1, t1) = run(&mut core, &short, 1, 128);
+        let (_, s16, t16) = run(&mut core, &short, 16, 128);
+        (t16 as f64 / s16) / (t1 as f64 / s1)
+    }).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!("decode: 16 concurrent / 1 sequence, back to back x3: {:.2}x median ({:.2}-{:.2})", ratios[1], ratios[0], ratios[2]);
 }
 
 /// The quantized matmul alone on layer 0's FFN weights and the output embedding: time per call and the rate in

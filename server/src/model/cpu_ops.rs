@@ -30,6 +30,9 @@ fn min_rows_per_task(rows: usize, width: usize) -> usize {
     if rows * width < PARALLEL_FROM { rows.max(1) } else { 1 }
 }
 
+/// Rows per task step of [`add_rms_norm`] (see there).
+const NORM_ROWS: usize = 8;
+
 /// `(x + delta, rms_norm(x + delta) * weight)` for `[rows, hidden]`.
 pub fn add_rms_norm(x: &Tensor, delta: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let (rows, hidden) = x.dims2()?;
@@ -38,20 +41,39 @@ pub fn add_rms_norm(x: &Tensor, delta: &Tensor, weight: &Tensor, eps: f32) -> Re
         if w.len() != hidden || delta.len() != x.len() {
             candle_core::bail!("add_rms_norm: shapes {:?}, {:?}, {:?}", x.len(), delta.len(), w.len())
         }
-        let row = |((s, n), (x, d)): ((&mut [f32], &mut [f32]), (&[f32], &[f32]))| {
+        // Up to NORM_ROWS rows at a time: each row's sum of squares is candle's serial f32 sum
+        // (a chain of dependent adds), so a row alone waits on add latency; several rows'
+        // chains side by side overlap, with every row's own order unchanged.
+        let chunk = NORM_ROWS * hidden;
+        let rows_of = |((s, n), (x, d)): ((&mut [f32], &mut [f32]), (&[f32], &[f32]))| {
             for ((s, x), d) in s.iter_mut().zip(x).zip(d) {
                 *s = x + d;
             }
-            // candle's rms_norm: a serial f32 sum of squares, then s / m * alpha.
-            let sum2 = s.iter().map(|v| v * v).sum::<f32>();
-            let m = (sum2 / hidden as f32 + eps).sqrt();
-            for ((n, s), w) in n.iter_mut().zip(s.iter()).zip(w) {
-                *n = *s / m * *w;
+            let mut sum2 = [0f32; NORM_ROWS];
+            if s.len() == chunk {
+                // A fixed count of accumulators, so they stay in registers.
+                let rows: [&[f32]; NORM_ROWS] = std::array::from_fn(|r| &s[r * hidden..(r + 1) * hidden]);
+                for c in 0..hidden {
+                    for r in 0..NORM_ROWS {
+                        sum2[r] += rows[r][c] * rows[r][c];
+                    }
+                }
+            } else {
+                for (row, acc) in s.chunks_exact(hidden).zip(sum2.iter_mut()) {
+                    *acc = row.iter().map(|v| v * v).sum::<f32>();
+                }
+            }
+            // candle's rms_norm: s / sqrt(mean + eps) * alpha.
+            for ((s, n), sum2) in s.chunks_exact(hidden).zip(n.chunks_exact_mut(hidden)).zip(sum2) {
+                let m = (sum2 / hidden as f32 + eps).sqrt();
+                for ((n, s), w) in n.iter_mut().zip(s).zip(w) {
+                    *n = *s / m * *w;
+                }
             }
         };
-        sum.par_chunks_exact_mut(hidden).zip(normed.par_chunks_exact_mut(hidden))
-            .zip(x.par_chunks_exact(hidden).zip(delta.par_chunks_exact(hidden)))
-            .with_min_len(min_rows_per_task(rows, hidden)).for_each(row);
+        sum.par_chunks_mut(chunk).zip(normed.par_chunks_mut(chunk))
+            .zip(x.par_chunks(chunk).zip(delta.par_chunks(chunk)))
+            .with_min_len(min_rows_per_task(rows, hidden).div_ceil(NORM_ROWS)).for_each(rows_of);
         Ok(())
     })))?;
     Ok((Tensor::from_vec(sum, (rows, hidden), &Device::Cpu)?, Tensor::from_vec(normed, (rows, hidden), &Device::Cpu)?))
