@@ -313,10 +313,19 @@ fn writes_in_items(meta: &AttentionMetadata, block_size: usize) -> bool {
     if meta.seqs.iter().any(|s| s.query_len != 1) || meta.slot_mapping.len() != meta.seqs.len() {
         return false;
     }
-    meta.seqs.iter().all(|seq| {
-        let written = (meta.slot_mapping[seq.query_start] / block_size) as u32;
-        meta.seqs.iter().map(|o| o.block_table.iter().filter(|&&b| b == written).count()).sum::<usize>() == 1
-    })
+    // Occurrences of each written block across all tables, in one pass over them (this runs
+    // once per layer, so not once per sequence).
+    let mut counts: std::collections::HashMap<u32, usize> =
+        meta.seqs.iter().map(|seq| ((meta.slot_mapping[seq.query_start] / block_size) as u32, 0)).collect();
+    if counts.len() != meta.seqs.len() {
+        return false; // two sequences write into one block
+    }
+    for block in meta.seqs.iter().flat_map(|seq| &seq.block_table) {
+        if let Some(n) = counts.get_mut(block) {
+            *n += 1;
+        }
+    }
+    counts.values().all(|&n| n == 1)
 }
 
 impl PagedAttention for CpuPagedAttention {
