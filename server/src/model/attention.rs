@@ -493,12 +493,8 @@ mod tests {
             let (q, k, v) = (qs[s].to_vec3::<f32>().unwrap(), ks[s].to_vec3::<f32>().unwrap(), vs[s].to_vec3::<f32>().unwrap());
             let i = lens[s] - 1;
             for head in 0..h {
-                let kv = head / (h / kvh);
-                let sc: Vec<f32> = (0..=i).map(|j| dot(&q[i][head], &k[j][kv]) / (d as f32).sqrt()).collect();
-                let m = sc.iter().copied().fold(f32::MIN, f32::max);
-                let z: f32 = sc.iter().map(|x| (x - m).exp()).sum();
-                for c in 0..d {
-                    let want: f32 = (0..=i).map(|j| (sc[j] - m).exp() / z * v[j][kv][c]).sum();
+                let want = dense_attention(&q, &k, &v, i, head, h / kvh);
+                for (c, want) in want.iter().enumerate() {
                     assert!((want - out[s][head][c]).abs() < 1e-5, "sequence {s} head {head}");
                 }
             }
@@ -526,15 +522,21 @@ mod tests {
         let out = out.to_vec3::<f32>().unwrap();
         for i in 0..t {
             for head in 0..h {
-                let kv = head / (h / kvh);
-                let s: Vec<f32> = (0..=i).map(|j| dot(&q[i][head], &k[j][kv]) / (d as f32).sqrt()).collect();
-                let m = s.iter().copied().fold(f32::MIN, f32::max);
-                let z: f32 = s.iter().map(|x| (x - m).exp()).sum();
-                for c in 0..d {
-                    let want: f32 = (0..=i).map(|j| (s[j] - m).exp() / z * v[j][kv][c]).sum();
+                let want = dense_attention(&q, &k, &v, i, head, h / kvh);
+                for (c, want) in want.iter().enumerate() {
                     assert!((want - out[i][head][c]).abs() < 1e-5, "token {i} head {head}");
                 }
             }
         }
+    }
+
+    /// Causal softmax attention of query token `i`, head `head`, over keys 0..=i (`group`
+    /// query heads per KV head), computed densely: the reference for the paged kernel.
+    fn dense_attention(q: &[Vec<Vec<f32>>], k: &[Vec<Vec<f32>>], v: &[Vec<Vec<f32>>], i: usize, head: usize, group: usize) -> Vec<f32> {
+        let (kv, d) = (head / group, q[i][head].len());
+        let s: Vec<f32> = (0..=i).map(|j| dot(&q[i][head], &k[j][kv]) / (d as f32).sqrt()).collect();
+        let m = s.iter().copied().fold(f32::MIN, f32::max);
+        let z: f32 = s.iter().map(|x| (x - m).exp()).sum();
+        (0..d).map(|c| (0..=i).map(|j| (s[j] - m).exp() / z * v[j][kv][c]).sum()).collect()
     }
 }
