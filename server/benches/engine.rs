@@ -9,6 +9,8 @@
 //!   cargo bench -p kandle-server --bench engine -- profile 1 16   (where a decode step goes, per op)
 //!   cargo bench -p kandle-server --bench engine -- matmul [16]  (the quantized matmul alone, GMAC/s;
 //!                                                                 `16`: 16 rows only)
+//!   cargo bench -p kandle-server --bench engine -- attention [77]  (CPU paged attention alone: 16
+//!                                                 sequences of that many keys, SmolLM2's shape)
 //!
 //! Drives the engine core directly (the same step loop the engine thread runs).
 
@@ -27,6 +29,11 @@ fn model_path() -> PathBuf {
 
 /// The prompt every decode measurement starts from (13 tokens).
 const DECODE_PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
+
+/// The number arguments (concurrencies, row counts, key counts), in order.
+fn number_args() -> Vec<usize> {
+    std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect()
+}
 
 /// Read bandwidth: sum a 1 GiB buffer (best of 3), in GB/s.
 fn memory_bandwidth() -> f64 {
@@ -96,7 +103,7 @@ fn run_steps(core: &mut EngineCore, prompt: &[u32], n: usize, gen: usize) -> (f6
 /// forward pass's ops timed: milliseconds per step in each, side by side.
 fn profile() {
     use kandle_server::model::profile::{enable, totals, Op};
-    let mut levels: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let mut levels = number_args();
     if levels.is_empty() {
         levels = vec![1, 16];
     }
@@ -139,8 +146,11 @@ fn main() {
     if std::env::args().any(|a| a == "profile") {
         return profile();
     }
+    if std::env::args().any(|a| a == "attention") {
+        return attention();
+    }
     // A number argument runs only decode at that concurrency (for profiling).
-    let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let only = number_args().first().copied();
     let bw = if only.is_some() { 0.0 } else { memory_bandwidth() };
     let model_bytes = std::fs::metadata(model_path()).map(|m| m.len()).unwrap_or(0) as f64;
     let mut core = core();
@@ -186,7 +196,7 @@ fn main() {
 fn matmul() {
     use candle_core::quantized::gguf_file;
     use kandle_server::model::quant_matmul::QuantMatrix;
-    let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let only = number_args().first().copied();
     let path = model_path();
     let mut file = std::fs::File::open(&path).expect("bench model");
     let content = gguf_file::Content::read(&mut file).expect("gguf");
@@ -213,4 +223,41 @@ fn matmul() {
                 (n * k * rows) as f64 / secs / 1e9);
         }
     }
+}
+
+/// CPU paged attention alone, as in a decode step of SmolLM2-135M (9 query heads over 3 KV
+/// heads of 64) at 16 sequences of `keys` cached keys (default 77: the middle of the decode
+/// runs above), each of the 30 layers on its own blocks so the cache is as cold as in a step.
+fn attention() {
+    use kandle_server::model::attention::{AttentionMetadata, CpuPagedAttention, KvCacheShape, PagedAttention, SeqAttention};
+    let (seqs, layers, keys) = (16, 30, number_args().first().copied().unwrap_or(77).max(1));
+    let blocks = keys.div_ceil(16);
+    let shape = KvCacheShape { num_layers: layers, num_heads: 9, num_kv_heads: 3, head_dim: 64, block_size: 16,
+        num_blocks: seqs * blocks };
+    let mut att = CpuPagedAttention::new(shape);
+    let meta = AttentionMetadata {
+        slot_mapping: (0..seqs).map(|s| s * blocks * 16 + keys - 1).collect(),
+        seqs: (0..seqs).map(|s| SeqAttention { query_start: s, query_len: 1, context_len: keys,
+            block_table: (0..blocks).map(|b| (s * blocks + b) as u32).collect() }).collect(),
+    };
+    let dev = candle_core::Device::Cpu;
+    let qkv = |heads: usize| candle_core::Tensor::randn(0f32, 1.0, (seqs, heads * 64), &dev).unwrap();
+    let (q, k, v) = (qkv(9), qkv(3), qkv(3));
+    // Inside a pool, as the engine runs its steps.
+    let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+    pool.install(|| {
+        let step = |att: &mut CpuPagedAttention| {
+            for layer in 0..layers {
+                std::hint::black_box(att.forward(layer, &q, &k, &v, &meta).unwrap());
+            }
+        };
+        step(&mut att); // touches the cache once
+        let reps = 50;
+        let t = Instant::now();
+        for _ in 0..reps {
+            step(&mut att);
+        }
+        println!("attention: {seqs} sequences x {keys} keys, {layers} layers: {:.3} ms per step",
+            t.elapsed().as_secs_f64() * 1e3 / reps as f64);
+    });
 }
