@@ -231,12 +231,13 @@ fn matmul() {
 fn attention() {
     use kandle_server::model::attention::{AttentionMetadata, CpuPagedAttention, KvCacheShape, PagedAttention, SeqAttention};
     let (seqs, layers, keys) = (16, 30, number_args().first().copied().unwrap_or(77).max(1));
-    let blocks = keys.div_ceil(16);
-    let shape = KvCacheShape { num_layers: layers, num_heads: 9, num_kv_heads: 3, head_dim: 64, block_size: 16,
+    let block_size = 16;
+    let blocks = keys.div_ceil(block_size);
+    let shape = KvCacheShape { num_layers: layers, num_heads: 9, num_kv_heads: 3, head_dim: 64, block_size,
         num_blocks: seqs * blocks };
     let mut att = CpuPagedAttention::new(shape);
     let meta = AttentionMetadata {
-        slot_mapping: (0..seqs).map(|s| s * blocks * 16 + keys - 1).collect(),
+        slot_mapping: (0..seqs).map(|s| s * blocks * block_size + keys - 1).collect(),
         seqs: (0..seqs).map(|s| SeqAttention { query_start: s, query_len: 1, context_len: keys,
             block_table: (0..blocks).map(|b| (s * blocks + b) as u32).collect() }).collect(),
     };

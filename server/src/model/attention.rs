@@ -167,9 +167,8 @@ impl KvView<'_> {
             // The chunk is 16 consecutive columns of one transposed tile: 16-lane arithmetic
             // (keys past the chunk's end are computed and ignored).
             let kt = &keys[off..(d - 1) * bs + off + W];
-            assert!(q.len() == d && kt.len() == (d - 1) * bs + W, "query or key tile of the wrong size");
-            // Row c of the tile: checked once above (per-row checks were ~10% of attention).
-            // SAFETY: c < d, so c * bs + W <= kt.len().
+            // Row c of the tile, checked once by the slicing above (per-row checks were ~10% of
+            // attention). SAFETY: c < d, so c * bs + W <= (d - 1) * bs + W = kt.len().
             let row = |c: usize| -> &[f32; W] { unsafe { &*(kt.as_ptr().add(c * bs) as *const [f32; W]) } };
             // Four named accumulators: constant indices keep them in registers.
             let mut acc = [[0f32; W]; 4];
@@ -225,25 +224,29 @@ fn axpy<const N: usize>(acc: &mut [f32; N], a: f32, x: &[f32; N]) {
 /// `out += sum_o p[o] * rows[o]` (`rows`: `[p.len()][d]`): 64 (or 16) output values per
 /// pass, held in registers across the rows.
 fn accumulate_rows(p: &[f32], rows: &[f32], out: &mut [f32]) {
-    fn pass<const N: usize>(p: &[f32], rows: &[f32], out: &mut [f32], c0: usize) {
+    /// SAFETY: `rows` holds `p.len()` rows of `out.len()` values.
+    unsafe fn pass<const N: usize>(p: &[f32], rows: &[f32], out: &mut [f32], c0: usize) {
         let d = out.len();
         let mut acc = [0f32; N];
         acc.copy_from_slice(&out[c0..c0 + N]);
-        assert!(c0 + N <= d && rows.len() >= p.len() * d, "value rows of the wrong size");
         for (o, &p) in p.iter().enumerate() {
-            // SAFETY: row o's values c0..c0 + N are in `rows` (checked above).
+            // SAFETY: c0 + N <= d (the slice above) and `rows` holds p.len() rows of d (the
+            // caller's contract), so row o's values c0..c0 + N are in it.
             axpy(&mut acc, p, unsafe { &*(rows.as_ptr().add(o * d + c0) as *const [f32; N]) });
         }
         out[c0..c0 + N].copy_from_slice(&acc);
     }
     let d = out.len();
+    assert!(rows.len() >= p.len() * d, "value rows of the wrong size");
     let mut c0 = 0;
     while c0 + 4 * W <= d {
-        pass::<{ 4 * W }>(p, rows, out, c0);
+        // SAFETY: checked above.
+        unsafe { pass::<{ 4 * W }>(p, rows, out, c0) };
         c0 += 4 * W;
     }
     while c0 + W <= d {
-        pass::<W>(p, rows, out, c0);
+        // SAFETY: checked above.
+        unsafe { pass::<W>(p, rows, out, c0) };
         c0 += W;
     }
     for c in c0..d {
